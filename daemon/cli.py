@@ -1,0 +1,251 @@
+"""The ``scanrelay`` command line (SPEC §2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daemon import logs
+from daemon.config import Config, ConfigError, load_config
+from daemon.errors import RequestError
+from daemon.fsutil import is_ignored_name
+from daemon.instances.registry import Instances
+from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
+from daemon.layout import Layout
+from daemon.ledger import Ledger
+from daemon.outcomes import RunStatus
+from daemon.readers import read_request_file
+from daemon.request import parse_request
+from daemon.runner import Runner
+from daemon.runstate import RunState
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="scanrelay: copy, download and compare shelf scans from request files.")
+console = Console()
+err = Console(stderr=True)
+ConfigOpt = Annotated[str | None, typer.Option("-c", "--config", help="config file "
+                      "(default: $SCANRELAY_CONFIG or ./config.yml)")]
+EXIT = {RunStatus.DONE: 0, RunStatus.PARTIAL: 1, RunStatus.FAILED: 1, RunStatus.INVALID: 2,
+        RunStatus.INTERRUPTED: 1}
+
+
+def _config(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]config {exc.source} is invalid:[/red]")
+        for problem in exc.problems:
+            err.print(f"  - {problem}", markup=False)
+        raise typer.Exit(2) from None
+
+
+def _setup_logs(config: Config, level: str | None = None) -> None:
+    logs.setup(level or config.log.level, config.log.json_lines)
+
+
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Run the daemon in the foreground (systemd runs this)."""
+    from daemon.service import Service
+
+    cfg = _config(config)
+    _setup_logs(cfg)
+    raise typer.Exit(Service(cfg).run())
+
+
+@app.command()
+def once(file: Path, config: ConfigOpt = None) -> None:
+    """Process one request file in the foreground, with progress bars.
+
+    Exit 0 done, 1 failed or partial, 2 invalid. The file is claimed (moved) like a drop."""
+    from daemon.progress import ProgressBars
+
+    cfg = _config(config)
+    _setup_logs(cfg, "WARNING")
+    layout = Layout(cfg.root).ensure(sorted(cfg.profiles))
+    claimed = _claim_for_once(file, layout)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ledger, instances = Ledger(layout.state / "ledger.sqlite"), Instances(cfg)
+    with ProgressBars(console) as bars:
+        status = Runner(cfg, layout, ledger, instances, stop, bars.update).process(claimed)
+    instances.close()
+    record = ledger.get(claimed.claim_id)
+    ledger.close()
+    console.print(f"{claimed.name}: [bold]{status.value}[/bold]"
+                  + (f" → {record.final_path}" if record and record.final_path else ""))
+    raise typer.Exit(EXIT[status])
+
+
+def _claim_for_once(file: Path, layout: Layout) -> Claimed:
+    if not file.is_file():
+        err.print(f"{file}: not a file")
+        raise typer.Exit(2)
+    resolved = file.resolve()
+    inbox = layout.inbox.resolve()
+    profile = profile_of(resolved, inbox) if resolved.is_relative_to(inbox) else None
+    claim_id = new_claim_id()
+    dest = layout.processing / f"{claim_id}+{profile or NO_PROFILE}+{file.name}"
+    shutil.move(str(file), dest)
+    return Claimed(dest, claim_id, profile, file.name)
+
+
+@app.command()
+def validate(files: Annotated[list[Path] | None, typer.Argument()] = None,
+             config: ConfigOpt = None) -> None:
+    """Check the config and request files; exit 1 listing every problem."""
+    cfg = _config(config)
+    console.print(f"config: ok ({len(cfg.instances)} instances, {len(cfg.profiles)} profiles)")
+    bad = 0
+    inbox = Layout(cfg.root).inbox.resolve()
+    for file in files or []:
+        resolved = file.resolve()
+        profile = profile_of(resolved, inbox) if resolved.is_relative_to(inbox) else None
+        try:
+            request = parse_request(file, cfg, folder_profile=profile)
+        except (RequestError, OSError) as exc:
+            bad += 1
+            problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
+            err.print(f"{file}: invalid")
+            for problem in problems:
+                err.print(f"  - {problem}", markup=False)
+            continue
+        count = len(request.scan_ids) or len(request.pairs) or "selected"
+        console.print(f"{file}: ok ({request.action}, {count} scans)")
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def demo(config: ConfigOpt = None,
+         run_sample: Annotated[bool, typer.Option("--run/--no-run", help="start the daemon, "
+                               "drop a sample request and show it being processed")] = False,
+         keep: Annotated[bool, typer.Option(help="with --run: keep the daemon running")] = False,
+         scans: int = 12) -> None:
+    """Create the embedded demo instances (folder kind) with sample scans."""
+    from daemon.demo import create_demo
+
+    cfg = _config(config)
+    roots = create_demo(_demo_folder(cfg), scans=scans)
+    for root in roots:
+        console.print(f"demo instance ready: {root}")
+    if run_sample:
+        _setup_logs(cfg)
+        from daemon.demo_run import run_demo
+
+        raise typer.Exit(run_demo(cfg, keep=keep, console=console))
+
+
+def _demo_folder(cfg: Config) -> Path:
+    source = cfg.instances.get("demo-source")
+    if source is not None and source.kind == "folder":
+        return cfg.instance_path(source.path).parent
+    return cfg.root / "data"
+
+
+@app.command()
+def submit(action: str,
+           source: Annotated[str | None, typer.Option()] = None,
+           target: Annotated[str | None, typer.Option()] = None,
+           store: Annotated[int | None, typer.Option(help="target store ID (copy)")] = None,
+           ids: Annotated[str | None, typer.Option(help="scan IDs, e.g. 1,2,3")] = None,
+           ids_file: Annotated[Path | None, typer.Option(help="a CSV/XLSX/JSON of IDs")] = None,
+           mode: Annotated[str | None, typer.Option(help="auto or mapped (copy)")] = None,
+           analyze: Annotated[bool | None, typer.Option("--analyze/--no-analyze")] = None,
+           profile: Annotated[str | None, typer.Option()] = None,
+           label: Annotated[str | None, typer.Option()] = None,
+           batch_size: Annotated[int | None, typer.Option()] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+           force: Annotated[bool, typer.Option("--force")] = False,
+           config: ConfigOpt = None) -> None:
+    """Write a valid request file atomically into the inbox and print its path."""
+    from daemon.submit import drop_request
+
+    cfg = _config(config)
+    raw: dict[str, Any] = {"action": action, "profile": profile, "source": source,
+                           "target": target, "target_store_id": store, "mode": mode,
+                           "analyze": analyze, "label": label, "batch_size": batch_size}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    raw.update({k: True for k, v in (("dry_run", dry_run), ("force", force)) if v})
+    try:
+        raw.update(_ids(ids, ids_file, cfg))
+        path = drop_request(cfg, raw, stem=action)
+    except RequestError as exc:
+        err.print("request is invalid:")
+        for problem in exc.problems:
+            err.print(f"  - {problem}", markup=False)
+        raise typer.Exit(2) from None
+    console.print(str(path))
+
+
+def _ids(ids: str | None, ids_file: Path | None, cfg: Config) -> dict[str, Any]:
+    if ids_file is not None:
+        raw = read_request_file(ids_file, cfg.limits.max_request_bytes)
+        return {k: v for k, v in raw.items() if k in ("scan_ids", "target_scan_ids", "pairs")}
+    if not ids:
+        return {}
+    parts = [p.strip() for p in ids.replace(";", ",").split(",") if p.strip()]
+    bad = [p for p in parts if not p.isdigit()]
+    if bad:
+        raise RequestError([f"--ids: {bad[0]!r} is not a scan ID; use e.g. --ids 1,2,3"])
+    return {"scan_ids": [int(p) for p in parts]}
+
+
+@app.command()
+def runs(failed: Annotated[bool, typer.Option("--failed")] = False,
+         as_json: Annotated[bool, typer.Option("--json")] = False,
+         limit: int = 50, config: ConfigOpt = None) -> None:
+    """Run history, newest first."""
+    cfg = _config(config)
+    ledger = Ledger(Layout(cfg.root).ensure().state / "ledger.sqlite")
+    records = ledger.recent(limit, failed_only=failed)
+    if as_json:
+        print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
+        return
+    table = Table("run", "request", "action", "status", "scans", "failed", "finished")
+    for r in records:
+        table.add_row(r.run_id or r.claim_id, r.name, r.action or "-", r.status,
+                      str(r.counts.get("items", "")), str(r.counts.get("failed", "")),
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.finished_at))
+                      if r.finished_at else "")
+    console.print(table)
+
+
+@app.command()
+def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
+         config: ConfigOpt = None) -> None:
+    """One run's summary: status, counts, errors, where its files are."""
+    cfg = _config(config)
+    layout = Layout(cfg.root)
+    data = RunState.load(layout.runs / run_id)
+    if data is None:
+        record = Ledger(layout.ensure().state / "ledger.sqlite").get(run_id)
+        if record is None:
+            err.print(f"no run {run_id}")
+            raise typer.Exit(1)
+        data = {k: v for k, v in record.__dict__.items()}
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    for key in ("run_id", "request", "action", "label", "status", "attempts", "started_at",
+                "finished_at"):
+        if data.get(key) is not None:
+            console.print(f"{key:>12}: {data[key]}", markup=False)
+    for key, value in (data.get("counts") or {}).items():
+        console.print(f"{key:>12}: {value}", markup=False)
+    for error in (data.get("errors") or [])[:20]:
+        console.print(f"       error: {error}", markup=False)
+    if (layout.runs / run_id).is_dir():
+        files = sorted(p.name for p in (layout.runs / run_id).iterdir()
+                       if not is_ignored_name(p.name))
+        console.print(f"{'files':>12}: {', '.join(files)}", markup=False)
+

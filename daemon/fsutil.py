@@ -1,0 +1,95 @@
+"""Small file-system helpers: atomic writes, clash-free names, containment checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+IGNORED_PREFIXES = (".", "~$")
+IGNORED_SUFFIXES = (".tmp", ".part", ".swp", ".crdownload")
+
+
+def is_ignored_name(name: str) -> bool:
+    """SPEC §3: hidden, Office lock and partial-download names are never requests."""
+    return name.startswith(IGNORED_PREFIXES) or name.lower().endswith(IGNORED_SUFFIXES)
+
+
+@contextmanager
+def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temp file beside ``path``, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_writer(path) as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text)
+
+
+def unique_path(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/stem-2.ext`` … when taken: never overwrite."""
+    candidate = folder / name
+    stem, dot, ext = name.partition(".")
+    n = 2
+    while candidate.exists() or candidate.is_symlink():
+        candidate = folder / f"{stem}-{n}{dot}{ext}"
+        n += 1
+    return candidate
+
+
+def claim_move(src: Path, folder: Path, name: str) -> Path:
+    """Move ``src`` into ``folder`` under ``name`` without overwriting anything there.
+
+    ``os.link`` + unlink is atomic against clashes (link fails if the name exists);
+    where hard links are refused (some shares) a rename after the check is used."""
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        dest = unique_path(folder, name)
+        try:
+            os.link(src, dest, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError:
+            os.replace(src, dest)
+            return dest
+        os.unlink(src)
+        return dest
+
+
+def inside(root: Path, path: Path) -> bool:
+    """True if ``path`` resolves inside ``root`` (used before every write we derive)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Instance kinds behind one contract (``base.Instance``)."""

@@ -1,0 +1,126 @@
+"""The Instance contract: what handlers may ask of a platform instance.
+
+``copy``, ``download`` and ``analyze`` talk only to this contract, never to a kind.
+Two kinds implement it: ``folder`` (embedded, §9 of SPEC) and ``platform`` (HTTP API +
+PostgreSQL, §8). The contract test suite in ``tests/test_instance_contract.py`` runs
+against every kind.
+
+All values that cross threads are frozen dataclasses. Every method may raise
+``TransientError`` (after the kind's own retries are spent), ``PermanentError`` (for
+the item asked about) or ``FatalError`` (the instance is unusable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file of a scan. ``filename`` is the original name when the kind knows it
+    without a request (the folder kind does; the platform learns it when fetching)."""
+
+    file_id: int
+    file_type: str = "image"
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanDetails:
+    """The analysis of one scan (§7): what the compliance report says about it."""
+
+    store_planogram_id: int | None = None
+    planogram_name: str | None = None
+    section_id: int | None = None
+    section_name: str | None = None
+    is_additional_section: bool = False
+    pre_pog: float | None = None
+    post_pog: float | None = None
+    pre_osa: float | None = None
+    post_osa: float | None = None
+    ok_count: int | None = None
+    wandering_count: int | None = None
+    oos_count: int | None = None
+    hole_count: int | None = None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A scan as read from an instance. ``details`` is None when it has no report yet."""
+
+    id: int
+    store_id: int
+    status: str
+    has_report: bool
+    captured_at: str | None
+    created_at: str | None
+    provided_values: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[FileRef, ...] = ()
+    details: ScanDetails | None = None
+
+    @property
+    def processed(self) -> bool:
+        """SPEC §8: a scan is processed when its status is done and it has a report."""
+        return self.status == "done" and self.has_report
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Scans chosen by query instead of by ID (request key ``select``), dates resolved."""
+
+    store_id: int | None = None
+    captured_from: date | None = None
+    captured_to: date | None = None
+    status: str | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """What ``fetch_file`` learnt: the original file name and the byte count written."""
+
+    original_filename: str | None
+    size: int
+
+
+@runtime_checkable
+class Instance(Protocol):
+    """A platform instance, whatever its kind."""
+
+    name: str
+    kind: str
+    max_connections: int
+
+    def select_scans(self, selection: Selection) -> list[int]:
+        """IDs of the scans matching ``selection``, oldest first."""
+        ...
+
+    def get_scans(self, scan_ids: Sequence[int]) -> list[Scan]:
+        """The scans that exist among ``scan_ids``, in the order asked; missing ones are
+        left out (the caller reports them). Details are included where a report exists."""
+        ...
+
+    def fetch_file(self, ref: FileRef, dest: BinaryIO) -> FetchedFile:
+        """Stream the bytes of ``ref`` into ``dest`` (an open binary file at position 0).
+        On an internal retry the kind rewinds and truncates ``dest`` itself."""
+        ...
+
+    def upload_file(self, path: Path, filename: str) -> int:
+        """Upload a local file for a scan to be created; returns the upload (file) ID."""
+        ...
+
+    def create_scan(self, payload: Mapping[str, Any]) -> int:
+        """Create a scan from ``payload`` ({store, files, captured_at, ...}); returns its ID."""
+        ...
+
+    def find_scan_by_marker(self, field_name: str, value: str) -> int | None:
+        """The ID of a scan whose create payload carried ``field_name == value``, if any."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and pools. Idempotent."""
+        ...

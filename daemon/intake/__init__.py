@@ -1,0 +1,1 @@
+"""Intake: noticing request files (watcher), checking and claiming them (claim)."""

@@ -1,0 +1,111 @@
+"""Checking and claiming request files.
+
+A request is claimed by one atomic rename from ``inbox/`` into ``processing/``; only one
+rename can win, so no request runs twice. The claimed name carries what a restart
+needs to resume it: ``<stamp>-<hex>+<profile or ->+<original name>``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from daemon.fsutil import is_ignored_name
+from daemon.layout import Layout
+
+NO_PROFILE = "-"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A request file in ``processing/``."""
+
+    path: Path
+    claim_id: str  # YYYYMMDD-HHMMSS-<6 hex>
+    profile: str | None
+    name: str  # as dropped
+
+    def run_id(self, action: str) -> str:
+        stamp, hex6 = self.claim_id.rsplit("-", 1)
+        return f"{stamp}-{action}-{hex6}"
+
+    @classmethod
+    def from_path(cls, path: Path) -> Claimed | None:
+        """Parse a ``processing/`` name; None for a name we did not make."""
+        parts = path.name.split("+", 2)
+        if len(parts) != 3 or len(parts[0]) != 22:
+            return None
+        claim_id, profile, name = parts
+        return cls(path, claim_id, None if profile == NO_PROFILE else profile, name)
+
+
+def new_claim_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def profile_of(path: Path, inbox: Path) -> str | None:
+    """``inbox/<profile>/file`` → profile; ``inbox/file`` → None."""
+    rel = path.relative_to(inbox)
+    return rel.parts[0] if len(rel.parts) == 2 else None
+
+
+def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int) -> str | None:
+    """Why ``path`` cannot be a request (it then goes to ``failed/``), or None."""
+    depth = len(path.relative_to(inbox).parts)
+    if depth > 2:
+        return "requests go in inbox/ or inbox/<profile>/, not deeper; move it up"
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        return "a symbolic link is not accepted; copy the file itself into the inbox"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a directory, pipe or device); drop a request file"
+    if info.st_size > max_bytes:
+        return (f"the file is {info.st_size} bytes, over limits.max_request_bytes "
+                f"({max_bytes}); split it into smaller requests")
+    profile = profile_of(path, inbox)
+    if profile is not None and profile not in profiles:
+        known = ", ".join(sorted(profiles)) or "(none)"
+        return f"inbox/{profile}/ is not a configured profile ({known}); use one of those folders"
+    return None
+
+
+def is_candidate(path: Path, inbox: Path) -> bool:
+    """A name the intake looks at: not ignored, and not a profile folder itself."""
+    if is_ignored_name(path.name):
+        return False
+    try:
+        rel = path.relative_to(inbox)
+    except ValueError:
+        return False
+    if not rel.parts:
+        return False
+    # A directory directly in the inbox is a profile folder, not a request.
+    return not (len(rel.parts) == 1 and path.is_dir() and not path.is_symlink())
+
+
+def claim(path: Path, layout: Layout) -> Claimed | None:
+    """Atomically move ``path`` into ``processing/``; None if someone else took it."""
+    profile = profile_of(path, layout.inbox)
+    claim_id = new_claim_id()
+    name = f"{claim_id}+{profile or NO_PROFILE}+{path.name}"
+    dest = layout.processing / name
+    try:
+        os.rename(path, dest)
+    except FileNotFoundError:
+        return None
+    return Claimed(dest, claim_id, profile, path.name)
+
+
+def pending_claims(layout: Layout) -> list[Claimed]:
+    """Requests left in ``processing/`` (by a crash or a stop), oldest first."""
+    found = (Claimed.from_path(p) for p in layout.processing.iterdir()
+             if not is_ignored_name(p.name))
+    return sorted((c for c in found if c is not None), key=lambda c: c.claim_id)

@@ -1,0 +1,145 @@
+"""Noticing request files. Dumb by design: it only puts paths on a queue.
+
+- events mode: a watchdog observer reports files closed after writing and files moved
+  in; a periodic rescan catches what events missed (taken once stable);
+- polling mode (network shares, where no events arrive): a listing every
+  ``poll_interval``, a file taken once its size and mtime held still across two looks
+  and it is at least ``settle_seconds`` old;
+- both: a sweep at start, and a supervisor that restarts a dead observer.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from loguru import logger
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from daemon.config import IntakeConfig
+from daemon.fsutil import is_ignored_name
+
+PathQueue = queue.Queue[Path]
+
+
+class _Enqueue(FileSystemEventHandler):
+    """Watchdog callbacks: a path onto the queue, nothing else."""
+
+    def __init__(self, paths: PathQueue) -> None:
+        self._paths = paths
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._paths.put(Path(os.fsdecode(event.src_path)))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._paths.put(Path(os.fsdecode(event.dest_path)))
+
+
+def list_inbox(inbox: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Everything that may be a request: entries of the inbox and of its profile folders."""
+    for entry in _scandir(inbox):
+        if is_ignored_name(entry.name):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            for child in _scandir(Path(entry.path)):
+                if not is_ignored_name(child.name):
+                    yield from _stat(child)
+        else:
+            yield from _stat(entry)
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(folder))
+    except OSError:
+        return []
+
+
+def _stat(entry: os.DirEntry[str]) -> Iterator[tuple[Path, os.stat_result]]:
+    try:
+        yield Path(entry.path), entry.stat(follow_symlinks=False)
+    except OSError:
+        return
+
+
+class Stability:
+    """Size-and-mtime stability: a path is ready once two looks agree and it has settled."""
+
+    def __init__(self, settle_seconds: float) -> None:
+        self.settle = settle_seconds
+        self._seen: dict[Path, tuple[int, int]] = {}
+
+    def ready(self, listing: list[tuple[Path, os.stat_result]]) -> list[Path]:
+        now = time.time()
+        seen, out = {}, []
+        for path, st in listing:
+            mark = (st.st_size, st.st_mtime_ns)
+            seen[path] = mark
+            if self._seen.get(path) == mark and now - st.st_mtime >= self.settle:
+                out.append(path)
+        self._seen = {p: m for p, m in seen.items() if p not in set(out)}
+        return out
+
+
+class InboxWatcher:
+    """Feeds ``paths`` from the inbox; call ``tick()`` from the main loop."""
+
+    def __init__(self, inbox: Path, paths: PathQueue, intake: IntakeConfig) -> None:
+        self.inbox = inbox
+        self.paths = paths
+        self.intake = intake
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._stability = Stability(intake.settle_seconds)
+        self._next_look = 0.0
+        self.restarts = 0
+
+    @property
+    def events(self) -> bool:
+        return self.intake.mode == "events"
+
+    def start(self) -> None:
+        if self.events:
+            self._start_observer()
+        self.sweep()
+
+    def _start_observer(self) -> None:
+        observer = Observer()
+        observer.schedule(_Enqueue(self.paths), str(self.inbox), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def sweep(self) -> None:
+        """Queue everything present now, oldest first (used at start)."""
+        listing = sorted(list_inbox(self.inbox), key=lambda item: item[1].st_mtime_ns)
+        for path, _ in listing:
+            self.paths.put(path)
+
+    def alive(self) -> bool:
+        return not self.events or (self._observer is not None and self._observer.is_alive())
+
+    def tick(self) -> None:
+        """Supervise the observer; rescan or poll when due."""
+        if self.events and not self.alive():
+            self.restarts += 1
+            logger.error("inbox observer died; restarting it (restart {})", self.restarts)
+            self._start_observer()
+            self.sweep()
+        now = time.monotonic()
+        if now < self._next_look:
+            return
+        interval = self.intake.rescan_interval if self.events else self.intake.poll_interval
+        self._next_look = now + interval
+        for path in self._stability.ready(list(list_inbox(self.inbox))):
+            self.paths.put(path)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None

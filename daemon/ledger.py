@@ -1,0 +1,116 @@
+"""The daemon's own ledger in ``state/ledger.sqlite``: every request it claimed, the
+run it became, and how it ended. ``scanrelay runs`` and ``show`` read it.
+
+One connection behind a lock: the writes are few (a handful per request) and SQLite
+in WAL mode lets the CLI read while the daemon writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    claim_id    TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    profile     TEXT,
+    claimed_at  REAL NOT NULL,
+    run_id      TEXT UNIQUE,
+    action      TEXT,
+    label       TEXT,
+    status      TEXT NOT NULL,
+    finished_at REAL,
+    final_path  TEXT,
+    message     TEXT,
+    counts      TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
+"""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    claim_id: str
+    name: str
+    profile: str | None
+    claimed_at: float
+    run_id: str | None
+    action: str | None
+    label: str | None
+    status: str
+    finished_at: float | None
+    final_path: str | None
+    message: str | None
+    counts: dict[str, Any]
+    attempts: int
+
+
+class Ledger:
+    """Request history. Thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._db.execute(sql, params)
+
+    def claimed(self, claim_id: str, name: str, profile: str | None) -> None:
+        self._write("INSERT OR IGNORE INTO requests (claim_id, name, profile, claimed_at, status)"
+                    " VALUES (?, ?, ?, ?, 'claimed')", (claim_id, name, profile, time.time()))
+
+    def started(self, claim_id: str, run_id: str, action: str, label: str | None) -> None:
+        self._write("UPDATE requests SET run_id = ?, action = ?, label = ?, status = 'running',"
+                    " attempts = attempts + 1 WHERE claim_id = ?",
+                    (run_id, action, label, claim_id))
+
+    def finished(self, claim_id: str, status: str, final_path: Path, message: str | None,
+                 counts: dict[str, Any]) -> None:
+        self._write("UPDATE requests SET status = ?, finished_at = ?, final_path = ?,"
+                    " message = ?, counts = ? WHERE claim_id = ?",
+                    (status, time.time(), str(final_path), message, json.dumps(counts),
+                     claim_id))
+
+    def get(self, key: str) -> RequestRecord | None:
+        """A request by claim ID or run ID."""
+        rows = self._query("SELECT * FROM requests WHERE claim_id = ? OR run_id = ?", (key, key))
+        return rows[0] if rows else None
+
+    def recent(self, limit: int = 50, failed_only: bool = False) -> list[RequestRecord]:
+        where = "WHERE status IN ('failed', 'partial', 'invalid')" if failed_only else ""
+        return self._query(f"SELECT * FROM requests {where} ORDER BY claimed_at DESC, "
+                           "claim_id DESC LIMIT ?", (limit,))
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, count(*) FROM requests GROUP BY status")
+            return dict(rows.fetchall())
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[RequestRecord]:
+        with self._lock:
+            cursor = self._db.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            rows = cursor.fetchall()
+        records = []
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            values["counts"] = json.loads(values["counts"] or "{}")
+            records.append(RequestRecord(**values))
+        return records

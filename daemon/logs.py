@@ -1,0 +1,60 @@
+"""Logging through loguru: one stderr sink (journald-friendly, or JSON lines), one file
+sink per run (``run.log``), and a redaction patch so no configured secret is written.
+
+Every line carries ``run`` (``-`` outside a run): code binds it with
+``logger.bind(run=run_id)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+FORMAT = ("{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} [{extra[run]}] {message}"
+          "{exception}")
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def add_secret(value: str | None) -> None:
+    """Register a secret value: it is replaced by ``***`` in every log line from now on."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def redact_text(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _patch(record: Any) -> None:
+    record["extra"].setdefault("run", "-")
+    if _secrets:
+        record["message"] = redact_text(record["message"])
+
+
+def setup(level: str = "INFO", json_lines: bool = False, stream: Any = None) -> None:
+    """Configure the process-wide sinks (call once at start)."""
+    logger.remove()
+    logger.configure(patcher=_patch, extra={"run": "-"})
+    logger.add(stream or sys.stderr, level=level, serialize=json_lines,
+               format="{message}" if json_lines else FORMAT, backtrace=False, diagnose=False)
+
+
+def add_run_sink(run_id: str, path: Path) -> int:
+    """A ``run.log`` that receives exactly the lines bound to ``run_id``."""
+    return logger.add(path, level="DEBUG", format=FORMAT, encoding="utf-8",
+                      filter=lambda r: r["extra"].get("run") == run_id,
+                      backtrace=False, diagnose=False, enqueue=False)
+
+
+def remove_sink(sink_id: int) -> None:
+    with contextlib.suppress(ValueError):  # already removed
+        logger.remove(sink_id)

@@ -1,0 +1,162 @@
+"""The daemon: intake feeds a FIFO of paths, claimed as worker slots free up.
+
+Main loop (one thread): drain the watcher's queue into ``pending`` (arrival order),
+supervise the watcher, refuse what cannot be a request, claim what can, and hand
+claims to a pool of ``runs.max_parallel`` workers. Requests left in ``processing/``
+by a crash or a stop are resumed first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+from loguru import logger
+
+from daemon.config import Config
+from daemon.instances.registry import Instances
+from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
+from daemon.intake.watcher import InboxWatcher, PathQueue
+from daemon.layout import Layout
+from daemon.ledger import Ledger
+from daemon.notify import Notifier
+from daemon.outcomes import RunStatus
+from daemon.runner import Runner, refuse
+
+TICK = 0.05  # seconds the main loop waits for a path before doing its rounds
+STOP_DEADLINE = 8.0  # seconds in-flight runs get to checkpoint on shutdown (SPEC: < 10)
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.layout = Layout(config.root).ensure(sorted(config.profiles))
+        self.ledger = Ledger(self.layout.state / "ledger.sqlite")
+        self.instances = Instances(config)
+        self.stop = threading.Event()
+        self.runner = Runner(config, self.layout, self.ledger, self.instances, self.stop)
+        self.paths: PathQueue = queue.Queue()
+        self.watcher = InboxWatcher(self.layout.inbox, self.paths, config.intake)
+        self.pending: OrderedDict[Path, None] = OrderedDict()
+        self.resumes: deque[Claimed] = deque()
+        self.in_flight: dict[Future[RunStatus], Claimed] = {}
+        self.pool = ThreadPoolExecutor(config.runs.max_parallel, thread_name_prefix="run")
+        self.notifier = Notifier()
+        self.profiles = set(config.profiles)
+
+    def run(self, *, handle_signals: bool = True) -> int:
+        """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
+        if handle_signals:
+            self._install_signals()
+        self.resumes.extend(pending_claims(self.layout))
+        if self.resumes:
+            logger.info("resuming {} request(s) left in processing/", len(self.resumes))
+        self.watcher.start()
+        logger.info("scanrelay watching {} ({} mode, {} parallel runs)", self.layout.inbox,
+                    self.config.intake.mode, self.config.runs.max_parallel)
+        self.notifier.send("READY=1", self._status_line())
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _loop(self) -> None:
+        last_ping = 0.0
+        while not self.stop.is_set():
+            self._drain(TICK)
+            self.watcher.tick()
+            self._reap()
+            self._dispatch()
+            if time.monotonic() - last_ping >= 1.0:
+                last_ping = time.monotonic()
+                self._ping()
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            self.pending.setdefault(self.paths.get(timeout=timeout))
+            while True:
+                self.pending.setdefault(self.paths.get_nowait())
+        except queue.Empty:
+            return
+
+    def _dispatch(self) -> None:
+        while len(self.in_flight) < self.config.runs.max_parallel and not self.stop.is_set():
+            if self.resumes:
+                self._submit(self.resumes.popleft())
+            elif self.pending:
+                path, _ = self.pending.popitem(last=False)
+                self._intake(path)
+            else:
+                return
+
+    def _intake(self, path: Path) -> None:
+        inbox = self.layout.inbox
+        if not is_candidate(path, inbox):
+            if path.parent == inbox and path.is_dir() and not path.is_symlink():
+                for child in sorted(path.iterdir()):  # a profile folder moved in whole
+                    self.pending.setdefault(child)
+            return
+        reason = refusal(path, inbox, self.profiles, self.config.limits.max_request_bytes)
+        if reason is not None:
+            refuse(path, self.layout, self.ledger, reason, new_claim_id())
+            return
+        if not (path.exists() or path.is_symlink()):
+            return  # gone (claimed already, or taken back by its owner)
+        claimed = claim(path, self.layout)
+        if claimed is not None:
+            logger.bind(run=claimed.claim_id).info("claimed {}", path.relative_to(inbox))
+            self._submit(claimed)
+
+    def _submit(self, claimed: Claimed) -> None:
+        self.in_flight[self.pool.submit(self.runner.process, claimed)] = claimed
+
+    def _reap(self) -> None:
+        for future in [f for f in self.in_flight if f.done()]:
+            claimed = self.in_flight.pop(future)
+            error = future.exception()
+            if error is not None:  # the runner records outcomes itself; this is a bug
+                logger.opt(exception=error).error("runner crashed on {}", claimed.name)
+
+    def _ping(self) -> None:
+        if self.watcher.alive():
+            self.notifier.send("WATCHDOG=1", self._status_line())
+
+    def _status_line(self) -> str:
+        return (f"STATUS=inbox {len(self.pending) + self.paths.qsize()} waiting, "
+                f"{len(self.in_flight)} running")
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            logger.info("received {}: stopping", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _shutdown(self) -> None:
+        self.notifier.send("STOPPING=1")
+        self.watcher.stop()
+        deadline = time.monotonic() + STOP_DEADLINE
+        for future in list(self.in_flight):
+            # Outcomes are recorded by the runner; here we only wait, bounded.
+            with contextlib.suppress(Exception):
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+        unfinished = [c.name for f, c in self.in_flight.items() if not f.done()]
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if unfinished:
+            # Their checkpoints are durable; a restart resumes them from processing/.
+            logger.warning("exiting with {} run(s) still stopping: {}", len(unfinished),
+                           ", ".join(unfinished))
+            os._exit(0)
+        self.instances.close()
+        self.ledger.close()
+        logger.info("scanrelay stopped")

@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+# Read once at import (single-threaded then): os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 IGNORED_PREFIXES = (".", "~$")
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp", ".crdownload")
 
@@ -25,6 +28,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the team
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
             yield f

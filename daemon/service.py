@@ -1,9 +1,10 @@
-"""The daemon: intake feeds a FIFO of paths, claimed as worker slots free up.
+"""The daemon: intake claims each request at once; a pool runs them in arrival order.
 
 Main loop (one thread): drain the watcher's queue into ``pending`` (arrival order),
-supervise the watcher, refuse what cannot be a request, claim what can, and hand
-claims to a pool of ``runs.max_parallel`` workers. Requests left in ``processing/``
-by a crash or a stop are resumed first.
+supervise the watcher, refuse what cannot be a request, claim what can, and queue the
+claim for a pool of ``runs.max_parallel`` workers (FIFO). Claiming at once keeps pickup
+fast under load; a claim waiting for a worker sits in ``processing/`` and survives a
+crash like a running one. Requests left in ``processing/`` are resumed first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import queue
 import signal
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -46,7 +47,6 @@ class Service:
         self.paths: PathQueue = queue.Queue()
         self.watcher = InboxWatcher(self.layout.inbox, self.paths, config.intake)
         self.pending: OrderedDict[Path, None] = OrderedDict()
-        self.resumes: deque[Claimed] = deque()
         self.in_flight: dict[Future[RunStatus], Claimed] = {}
         self.pool = ThreadPoolExecutor(config.runs.max_parallel, thread_name_prefix="run")
         self.notifier = Notifier()
@@ -56,9 +56,11 @@ class Service:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
         if handle_signals:
             self._install_signals()
-        self.resumes.extend(pending_claims(self.layout))
-        if self.resumes:
-            logger.info("resuming {} request(s) left in processing/", len(self.resumes))
+        resumes = pending_claims(self.layout)
+        if resumes:
+            logger.info("resuming {} request(s) left in processing/", len(resumes))
+        for claimed in resumes:
+            self._submit(claimed)
         self.watcher.start()
         logger.info("scanrelay watching {} ({} mode, {} parallel runs)", self.layout.inbox,
                     self.config.intake.mode, self.config.runs.max_parallel)
@@ -89,14 +91,9 @@ class Service:
             return
 
     def _dispatch(self) -> None:
-        while len(self.in_flight) < self.config.runs.max_parallel and not self.stop.is_set():
-            if self.resumes:
-                self._submit(self.resumes.popleft())
-            elif self.pending:
-                path, _ = self.pending.popitem(last=False)
-                self._intake(path)
-            else:
-                return
+        while self.pending and not self.stop.is_set():
+            path, _ = self.pending.popitem(last=False)
+            self._intake(path)
 
     def _intake(self, path: Path) -> None:
         inbox = self.layout.inbox
@@ -131,8 +128,9 @@ class Service:
             self.notifier.send("WATCHDOG=1", self._status_line())
 
     def _status_line(self) -> str:
+        running = min(len(self.in_flight), self.config.runs.max_parallel)
         return (f"STATUS=inbox {len(self.pending) + self.paths.qsize()} waiting, "
-                f"{len(self.in_flight)} running")
+                f"{running} running, {len(self.in_flight) - running} queued")
 
     def _install_signals(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -145,13 +143,14 @@ class Service:
     def _shutdown(self) -> None:
         self.notifier.send("STOPPING=1")
         self.watcher.stop()
+        # Queued claims never start; they stay in processing/ and resume at next start.
+        self.pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + STOP_DEADLINE
         for future in list(self.in_flight):
             # Outcomes are recorded by the runner; here we only wait, bounded.
             with contextlib.suppress(Exception):
                 future.result(timeout=max(0.0, deadline - time.monotonic()))
         unfinished = [c.name for f, c in self.in_flight.items() if not f.done()]
-        self.pool.shutdown(wait=False, cancel_futures=True)
         if unfinished:
             # Their checkpoints are durable; a restart resumes them from processing/.
             logger.warning("exiting with {} run(s) still stopping: {}", len(unfinished),

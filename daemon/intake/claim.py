@@ -7,6 +7,7 @@ needs to resume it: ``<stamp>-<hex>+<profile or ->+<original name>``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
@@ -92,20 +93,49 @@ def is_candidate(path: Path, inbox: Path) -> bool:
 
 
 def claim(path: Path, layout: Layout) -> Claimed | None:
-    """Atomically move ``path`` into ``processing/``; None if someone else took it."""
+    """Move ``path`` into ``processing/``; None if someone else took it first.
+
+    A hard link plus an unlink, not a rename: a rename out of a watched folder is an
+    unpaired IN_MOVED_FROM, which watchdog holds back 0.5 s hoping to pair it, and
+    every event behind it waits too. Exactly one claimer's unlink of the inbox name
+    succeeds; a loser removes its own link. A crash between the two steps leaves both
+    names, which ``pending_claims`` repairs at start."""
     profile = profile_of(path, layout.inbox)
     claim_id = new_claim_id()
-    name = f"{claim_id}+{profile or NO_PROFILE}+{path.name}"
-    dest = layout.processing / name
+    dest = layout.processing / f"{claim_id}+{profile or NO_PROFILE}+{path.name}"
     try:
-        os.rename(path, dest)
+        os.link(path, dest, follow_symlinks=False)
     except FileNotFoundError:
+        return None
+    except OSError:  # no hard links here (some shares): a rename is atomic too
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return None
+        return Claimed(dest, claim_id, profile, path.name)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        dest.unlink()  # another claimer won
         return None
     return Claimed(dest, claim_id, profile, path.name)
 
 
+def inbox_path(claimed: Claimed, layout: Layout) -> Path:
+    folder = layout.inbox / claimed.profile if claimed.profile else layout.inbox
+    return folder / claimed.name
+
+
 def pending_claims(layout: Layout) -> list[Claimed]:
-    """Requests left in ``processing/`` (by a crash or a stop), oldest first."""
+    """Requests left in ``processing/`` (by a crash or a stop), oldest first. A claim
+    that crashed between link and unlink still has its inbox name: that name is
+    removed, so the request is resumed once and not claimed again."""
     found = (Claimed.from_path(p) for p in layout.processing.iterdir()
              if not is_ignored_name(p.name))
-    return sorted((c for c in found if c is not None), key=lambda c: c.claim_id)
+    claims = sorted((c for c in found if c is not None), key=lambda c: c.claim_id)
+    for claimed in claims:
+        original = inbox_path(claimed, layout)
+        with contextlib.suppress(OSError):
+            if os.path.samestat(original.lstat(), claimed.path.lstat()):
+                original.unlink()
+    return claims

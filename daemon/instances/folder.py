@@ -1,0 +1,583 @@
+"""The ``folder`` kind (SPEC §9): an instance that is a folder of scans on disk.
+
+Layout under the root (nothing is ever written outside it)::
+
+    scans/<scan_id>/scan.json               the scan; written last, so it is visible
+                                            only once complete
+    scans/<scan_id>/files/<file_id>.<ext>   its files, named by file ID
+    .scanrelay/file-ids/<file_id>           the claim of a file ID (JSON, see below)
+    .scanrelay/uploads/<file_id>.<ext>      uploaded, not yet part of a scan
+
+``scan.json`` (UTF-8 JSON object)::
+
+    {
+      "id": 1001,                                  # equals the folder name
+      "store_id": 12,
+      "status": "done",
+      "has_report": true,
+      "captured_at": "2024-05-01T09:30:00+00:00",  # ISO 8601, or null
+      "created_at": "2024-05-01T09:31:12+00:00",   # ISO 8601, or null
+      "provided_values": {...},                    # the create payload, as the platform
+                                                   # keeps provided_values->'_raw_data'
+      "files": [{"file_id": 7, "file_type": "image", "filename": "IMG_1.png"}],
+      "details": {...ScanDetails fields...}        # or null: no report yet
+    }
+
+``details`` takes the field names of ``base.ScanDetails``; missing ones are null
+(``is_additional_section``: false), unknown ones make the file corrupt.
+
+IDs: a scan ID is claimed by ``mkdir scans/<id>`` and a file ID by an ``O_EXCL`` create
+of ``.scanrelay/file-ids/<id>`` (holding ``{"filename", "name"}``: the original and the
+stored file name). Both are atomic across threads and processes, also on NFS. Claims
+are never removed, so an ID is never handed out twice. An instance starts from the
+highest ID in use plus one (file IDs found under ``scans/`` count too, for hand-made
+folders) and goes up from there, skipping IDs other processes took meanwhile.
+
+Finding things: scans are never rewritten, so each instance keeps a small in-memory
+catalog (file ID → scan, and marker value → scan for each marker field asked about)
+fed by every ``scan.json`` it reads. On a miss it reads only the scan folders it has
+not seen yet (one directory listing when nothing is new), so scans created by another
+process are found without re-reading the whole folder.
+
+Created scans: ``create_scan`` moves the uploads into the new scan and writes it with
+status ``done``, ``has_report`` false and ``details`` null, unless the payload carries
+a ``details`` mapping (then ``has_report`` is true). An upload belongs to one scan: it
+is consumed by the create. A crash in the middle leaves a scan folder without
+``scan.json``: invisible, and safe to delete while no daemon runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from loguru import logger
+
+from daemon.config import FolderInstanceConfig
+from daemon.errors import FatalError, PermanentError, TransientError
+from daemon.fsutil import atomic_writer, fsync_dir
+from daemon.instances.base import FetchedFile, FileRef, Scan, ScanDetails, Selection
+
+CHUNK = 1024 * 1024
+SCAN_JSON = "scan.json"
+STATE_DIR = ".scanrelay"
+ID_NAME = re.compile(r"[1-9][0-9]*")  # canonical decimal: "012" is not scan 12
+EXTENSION = re.compile(r"[a-z0-9]{1,10}")
+DETAIL_TYPES = {f.name: str(f.type) for f in fields(ScanDetails)}  # e.g. "int | None"
+
+
+@dataclass
+class _Catalog:
+    """What this instance has learnt from ``scan.json`` files; guarded by its lock."""
+
+    seen: set[int] = field(default_factory=set)
+    files: dict[int, tuple[int, str | None]] = field(default_factory=dict)
+    markers: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, scan: Scan) -> None:
+        self.seen.add(scan.id)
+        for ref in scan.files:
+            self.files[ref.file_id] = (scan.id, ref.filename)
+        for name, index in self.markers.items():
+            value = scan.provided_values.get(name)
+            if isinstance(value, str):
+                index.setdefault(value, scan.id)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    file_id: int
+    filename: str | None
+    name: str  # the stored file name, <file_id>.<ext>
+
+
+class FolderInstance:
+    """An instance that is a folder (see the module docstring). Thread-safe."""
+
+    kind = "folder"
+
+    def __init__(self, name: str, root: Path, max_connections: int = 4) -> None:
+        self.name = name
+        self.root = Path(root)
+        self.max_connections = max_connections
+        self._scans = self.root / "scans"
+        self._claims = self.root / STATE_DIR / "file-ids"
+        self._uploads = self.root / STATE_DIR / "uploads"
+        self._lock = threading.Lock()  # the catalog
+        self._refresh_lock = threading.Lock()  # one catalog refresh at a time
+        self._alloc_lock = threading.Lock()  # the next-ID hints
+        self._catalog = _Catalog()
+        self._next_scan_id: int | None = None
+        self._next_file_id: int | None = None
+
+    @classmethod
+    def from_config(cls, name: str, cfg: FolderInstanceConfig, base_dir: Path) -> FolderInstance:
+        """The instance ``name`` of ``cfg``; a relative path is taken from ``base_dir``."""
+        root = cfg.path if cfg.path.is_absolute() else base_dir / cfg.path
+        return cls(name, root, max_connections=cfg.max_connections)
+
+    def __repr__(self) -> str:
+        return f"FolderInstance({self.name!r}, {str(self.root)!r})"
+
+    # ---- reading -------------------------------------------------------------------
+
+    def get_scans(self, scan_ids: Sequence[int]) -> list[Scan]:
+        """The scans that exist, in the order asked. A corrupt ``scan.json`` raises
+        ``PermanentError`` naming the scan and the file."""
+        found = [scan for scan in map(self._read_scan, scan_ids) if scan is not None]
+        self._remember(found)
+        return found
+
+    def select_scans(self, selection: Selection) -> list[int]:
+        """IDs matching ``selection``, oldest first (captured_at, then ID; no date last).
+        Reads every scan; a corrupt one is logged and left out rather than failing the
+        whole selection (``get_scans`` on it reports it)."""
+        chosen: list[tuple[tuple[int, float, int], int]] = []
+        for scan in self._all_scans():
+            if _matches(scan, selection):
+                chosen.append((_age_key(scan), scan.id))
+        ids = [scan_id for _, scan_id in sorted(chosen)]
+        return ids if selection.limit is None else ids[: max(selection.limit, 0)]
+
+    def fetch_file(self, ref: FileRef, dest: BinaryIO) -> FetchedFile:
+        """Stream the file into ``dest`` in 1 MiB chunks. Unknown file: PermanentError."""
+        path, filename = self._locate(ref.file_id)
+        size = 0
+        with self._io(f"file {ref.file_id}"), path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                dest.write(chunk)
+                size += len(chunk)
+        return FetchedFile(original_filename=filename or ref.filename, size=size)
+
+    def find_scan_by_marker(self, field_name: str, value: str) -> int | None:
+        """A scan whose provided_values[field_name] == value, also one made by another
+        process since this instance last looked."""
+        hit = self._marker_hit(field_name, value)
+        if hit is None:
+            self._refresh()
+            hit = self._marker_hit(field_name, value)
+        return hit
+
+    # ---- writing -------------------------------------------------------------------
+
+    def ensure_layout(self) -> None:
+        """Create the root and its folders (writes call this; so may a setup step)."""
+        with self._io("create the folder layout"):
+            for folder in (self._scans, self._claims, self._uploads):
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def upload_file(self, path: Path, filename: str) -> int:
+        """Copy ``path`` into the uploads (temp + rename); returns its new file ID."""
+        self.ensure_layout()
+        filename = filename.encode("utf-8", "replace").decode()  # lone surrogates: "?"
+        ext = _extension(filename)
+        file_id = self._claim_file_id(filename, ext)
+        with self._io(f"upload {filename!r}"), Path(path).open("rb") as src, \
+                atomic_writer(self._uploads / f"{file_id}.{ext}", "wb") as out:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+        return file_id
+
+    def create_scan(self, payload: Mapping[str, Any], *, scan_id: int | None = None) -> int:
+        """Create a scan from ``payload`` ({store, files, captured_at, ...}; optional
+        ``details``). ``scan_id`` asks for a given ID (seeding, imports): PermanentError
+        if it is taken. An invalid payload or unknown upload: PermanentError."""
+        request = _parse_payload(payload)
+        uploads = [self._staged_upload(file_id) for file_id in request.file_ids]
+        self.ensure_layout()
+        new_id = self._claim_scan_id(scan_id)
+        scan = Scan(
+            id=new_id, store_id=request.store_id, status="done",
+            has_report=request.details is not None, captured_at=request.captured_at,
+            created_at=_now(), provided_values=request.provided,
+            files=tuple(FileRef(u.file_id, "image", u.filename) for u in uploads),
+            details=request.details,
+        )
+        with self._io(f"create scan {new_id}"):
+            self._commit(scan, uploads)
+        self._remember([scan])
+        return new_id
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
+
+    # ---- scans on disk -------------------------------------------------------------
+
+    def _scan_dir(self, scan_id: int) -> Path:
+        return self._scans / str(int(scan_id))
+
+    def _read_scan(self, scan_id: int) -> Scan | None:
+        path = self._scan_dir(scan_id) / SCAN_JSON
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # no such scan, or one still being created
+        except OSError as exc:
+            raise self._classify(exc, f"scan {scan_id}: cannot read {path}") from exc
+        try:
+            return _scan_from_json(json.loads(raw), scan_id)
+        except (ValueError, TypeError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise PermanentError(
+                f"{self.name}: scan {scan_id}: corrupt {path}: {exc}") from exc
+
+    def _scan_ids_on_disk(self) -> list[int]:
+        try:
+            names = os.listdir(self._scans)
+        except FileNotFoundError:
+            return []  # nothing written yet
+        except OSError as exc:
+            raise self._classify(exc, f"cannot list {self._scans}") from exc
+        return [int(name) for name in names if ID_NAME.fullmatch(name)]
+
+    def _read_quietly(self, scan_id: int) -> Scan | None:
+        """For whole-folder reads: a corrupt scan is logged, not fatal to the rest."""
+        try:
+            return self._read_scan(scan_id)
+        except PermanentError as exc:
+            logger.warning("{}", exc)
+            return None
+
+    def _all_scans(self) -> Iterator[Scan]:
+        for scan_id in self._scan_ids_on_disk():
+            scan = self._read_quietly(scan_id)
+            if scan is not None:
+                self._remember([scan])
+                yield scan
+
+    # ---- catalog -------------------------------------------------------------------
+
+    def _remember(self, scans: Iterable[Scan]) -> None:
+        with self._lock:
+            for scan in scans:
+                self._catalog.add(scan)
+
+    def _refresh(self) -> None:
+        """Read the scan folders not seen yet (new, or written by another process)."""
+        with self._refresh_lock:
+            with self._lock:
+                seen = set(self._catalog.seen)
+            for scan_id in self._scan_ids_on_disk():
+                if scan_id not in seen and (scan := self._read_quietly(scan_id)):
+                    self._remember([scan])
+
+    def _marker_hit(self, field_name: str, value: str) -> int | None:
+        with self._lock:
+            index = self._catalog.markers.get(field_name)
+            if index is None:
+                # A field not indexed before: forget what was seen so the next refresh
+                # reads every scan once more and indexes this field too.
+                self._catalog.markers[field_name] = {}
+                self._catalog.seen.clear()
+                return None
+            hit = index.get(value)
+        if hit is not None and not (self._scan_dir(hit) / SCAN_JSON).is_file():
+            with self._lock:  # removed by hand since: forget it
+                index.pop(value, None)
+            return None
+        return hit
+
+    def _locate(self, file_id: int) -> tuple[Path, str | None]:
+        for attempt in range(2):
+            if attempt:
+                self._refresh()
+            with self._lock:
+                hit = self._catalog.files.get(file_id)
+            if hit is not None and (path := self._stored_file(hit[0], file_id)):
+                return path, hit[1]
+        raise PermanentError(f"{self.name}: file {file_id} not found")
+
+    def _stored_file(self, scan_id: int, file_id: int) -> Path | None:
+        folder = self._scan_dir(scan_id) / "files"
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._classify(exc, f"cannot list {folder}") from exc
+        stem = str(file_id)
+        match = next((n for n in names if n == stem or n.startswith(stem + ".")), None)
+        return folder / match if match else None
+
+    # ---- IDs -----------------------------------------------------------------------
+
+    def _claim_scan_id(self, wanted: int | None) -> int:
+        if wanted is not None:
+            if wanted < 1:
+                raise PermanentError(f"{self.name}: scan ID must be positive, not {wanted}")
+            with self._io(f"create scan {wanted}"):
+                try:
+                    self._scan_dir(wanted).mkdir()
+                except FileExistsError:
+                    raise PermanentError(f"{self.name}: scan {wanted} already exists") from None
+            with self._alloc_lock:
+                if self._next_scan_id is not None:
+                    self._next_scan_id = max(self._next_scan_id, wanted + 1)
+            return wanted
+        with self._alloc_lock, self._io("allocate a scan ID"):
+            candidate = self._next_scan_id or max(self._scan_ids_on_disk(), default=0) + 1
+            while True:
+                try:
+                    self._scan_dir(candidate).mkdir()
+                    break
+                except FileExistsError:  # taken by another thread or process: next
+                    candidate += 1
+            self._next_scan_id = candidate + 1
+            return candidate
+
+    def _claim_file_id(self, filename: str, ext: str) -> int:
+        with self._alloc_lock, self._io("allocate a file ID"):
+            candidate = self._next_file_id or self._highest_file_id() + 1
+            while True:
+                try:
+                    fd = os.open(self._claims / str(candidate),
+                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    break
+                except FileExistsError:  # taken by another thread or process: next
+                    candidate += 1
+            with os.fdopen(fd, "wb") as out:
+                out.write(json.dumps({"filename": filename, "name": f"{candidate}.{ext}"},
+                                     ensure_ascii=False).encode())
+            self._next_file_id = candidate + 1
+            return candidate
+
+    def _highest_file_id(self) -> int:
+        """The highest file ID in use: claims, and files of hand-made scans."""
+        ids = [int(n) for n in os.listdir(self._claims) if ID_NAME.fullmatch(n)]
+        for scan_id in self._scan_ids_on_disk():
+            with suppress(FileNotFoundError, NotADirectoryError):
+                names = os.listdir(self._scan_dir(scan_id) / "files")
+                ids += [int(s) for s in (n.split(".", 1)[0] for n in names)
+                        if ID_NAME.fullmatch(s)]
+        return max(ids, default=0)
+
+    def _staged_upload(self, file_id: int) -> _Upload:
+        claim = self._claims / str(file_id)
+        try:
+            data = json.loads(claim.read_bytes())
+            upload = _Upload(file_id, data["filename"], str(data["name"]))
+            if not re.fullmatch(rf"{upload.file_id}\.[a-z0-9]{{1,10}}", upload.name):
+                raise ValueError(f"bad stored name {upload.name!r}")
+        except FileNotFoundError:
+            raise PermanentError(f"{self.name}: unknown upload {file_id}") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PermanentError(f"{self.name}: upload {file_id}: corrupt {claim}") from exc
+        if not (self._uploads / upload.name).is_file():
+            raise PermanentError(f"{self.name}: upload {file_id} is already part of a scan")
+        return upload
+
+    # ---- create --------------------------------------------------------------------
+
+    def _commit(self, scan: Scan, uploads: Sequence[_Upload]) -> None:
+        """Move the uploads in, then write scan.json last; undo on any failure."""
+        folder = self._scan_dir(scan.id)
+        document = _encode(_scan_to_json(scan))  # before any move: nothing to undo if bad
+        moved: list[_Upload] = []
+        try:
+            (folder / "files").mkdir()
+            for upload in uploads:
+                try:
+                    os.rename(self._uploads / upload.name, folder / "files" / upload.name)
+                except FileNotFoundError:  # a concurrent create took it first
+                    raise PermanentError(f"{self.name}: upload {upload.file_id} is already "
+                                         "part of a scan") from None
+                moved.append(upload)
+            with atomic_writer(folder / SCAN_JSON, "wb") as out:
+                out.write(document)
+        except BaseException:
+            self._undo(folder, moved)
+            raise
+        with suppress(OSError):  # the scan is committed; some file systems refuse this
+            fsync_dir(folder)
+
+    def _undo(self, folder: Path, moved: Sequence[_Upload]) -> None:
+        """Give the uploads back and drop the half-made scan; what fails stays invisible."""
+        try:
+            for upload in moved:
+                os.rename(folder / "files" / upload.name, self._uploads / upload.name)
+            (folder / "files").rmdir()
+            folder.rmdir()
+        except OSError as exc:
+            logger.warning("{}: could not undo the half-made scan {}: {}", self.name, folder,
+                           exc)
+
+    # ---- errors --------------------------------------------------------------------
+
+    def _classify(self, exc: OSError, what: str) -> Exception:
+        message = f"{self.name}: {what}: {exc.strerror or exc}"
+        if isinstance(exc, FileNotFoundError):
+            return PermanentError(message)
+        if isinstance(exc, PermissionError | NotADirectoryError):
+            return FatalError(message)  # the folder itself is unusable as configured
+        return TransientError(message)  # e.g. EIO or ESTALE on a network share
+
+    @contextmanager
+    def _io(self, what: str) -> Iterator[None]:
+        """Turn OS errors into the contract's error classes."""
+        try:
+            yield
+        except OSError as exc:
+            raise self._classify(exc, what) from exc
+
+
+# ---- scan.json ---------------------------------------------------------------------
+
+
+def _scan_to_json(scan: Scan) -> dict[str, Any]:
+    return {
+        "id": scan.id, "store_id": scan.store_id, "status": scan.status,
+        "has_report": scan.has_report, "captured_at": scan.captured_at,
+        "created_at": scan.created_at, "provided_values": dict(scan.provided_values),
+        "files": [{"file_id": f.file_id, "file_type": f.file_type, "filename": f.filename}
+                  for f in scan.files],
+        "details": None if scan.details is None else asdict(scan.details),
+    }
+
+
+def _scan_from_json(data: Any, scan_id: int) -> Scan:
+    """Raises ValueError/TypeError, naming the field, for anything not as documented."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if _get(data, "id", "int") != scan_id:
+        raise ValueError(f"id {data['id']!r} does not match its folder")
+    provided = data.get("provided_values", {})
+    if not isinstance(provided, dict):
+        raise ValueError("provided_values: not an object")
+    files = data.get("files", [])
+    if not isinstance(files, list):
+        raise ValueError("files: not a list")
+    details = data.get("details")
+    return Scan(
+        id=scan_id, store_id=_get(data, "store_id", "int"),
+        status=_get(data, "status", "str"), has_report=_get(data, "has_report", "bool"),
+        captured_at=_get(data, "captured_at", "str | None"),
+        created_at=_get(data, "created_at", "str | None"),
+        provided_values=provided, files=tuple(_file_ref(f) for f in files),
+        details=None if details is None else _details(details),
+    )
+
+
+def _file_ref(data: Any) -> FileRef:
+    if not isinstance(data, dict):
+        raise ValueError("files: an entry is not an object")
+    return FileRef(file_id=_get(data, "file_id", "int"),
+                   file_type=data.get("file_type", "image") or "image",
+                   filename=_get(data, "filename", "str | None"))
+
+
+def _details(data: Any) -> ScanDetails:
+    if not isinstance(data, Mapping):
+        raise ValueError("details: not an object")
+    unknown = sorted(set(data) - set(DETAIL_TYPES))
+    if unknown:
+        raise ValueError(f"details: unknown field(s) {', '.join(map(str, unknown))}")
+    values = {name: _get(data, name, DETAIL_TYPES[name]) for name in data}
+    return ScanDetails(**values)
+
+
+def _get(data: Mapping[str, Any], key: str, declared: str) -> Any:
+    """``data[key]`` checked against a declared type such as ``"int | None"``."""
+    value = data.get(key)
+    if value is None and declared.endswith("| None"):
+        return None
+    base = declared.split(" | ")[0]
+    if base == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    expected = {"int": int, "str": str, "bool": bool}.get(base)
+    if expected is None or not isinstance(value, expected) or (
+            expected is int and isinstance(value, bool)):
+        raise ValueError(f"{key}: expected {declared}, found {value!r}")
+    return value
+
+
+# ---- payloads and selection --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Create:
+    store_id: int
+    file_ids: list[int]
+    captured_at: str | None
+    details: ScanDetails | None
+    provided: dict[str, Any]  # a private, JSON-clean copy of the whole payload
+
+
+def _parse_payload(payload: Mapping[str, Any]) -> _Create:
+    """What a create payload asks for, or PermanentError naming the bad field."""
+    try:
+        store = payload.get("store")
+        if isinstance(store, str) and store.isdigit():
+            store = int(store)
+        files = payload.get("files")
+        if not isinstance(files, list | tuple):
+            raise ValueError("files: expected a list of upload IDs")
+        file_ids = [_get({"files": f}, "files", "int") for f in files]
+        if len(set(file_ids)) != len(file_ids):
+            raise ValueError("files: an upload is listed twice")
+        captured_at = _get(payload, "captured_at", "str | None")
+        if captured_at is not None:
+            datetime.fromisoformat(captured_at)
+        details = payload.get("details")
+        return _Create(
+            store_id=_get({"store": store}, "store", "int"), file_ids=file_ids,
+            captured_at=captured_at, details=None if details is None else _details(details),
+            provided=json.loads(_encode(dict(payload))),
+        )
+    except (ValueError, TypeError) as exc:
+        raise PermanentError(f"invalid create payload: {exc}") from exc
+
+
+def _captured(scan: Scan) -> datetime | None:
+    if not scan.captured_at:
+        return None
+    try:
+        return datetime.fromisoformat(scan.captured_at)
+    except ValueError:
+        return None
+
+
+def _age_key(scan: Scan) -> tuple[int, float, int]:
+    """Oldest first; scans without a (valid) capture time last, as NULLS LAST does."""
+    captured = _captured(scan)
+    if captured is None:
+        return (1, 0.0, scan.id)
+    aware = captured if captured.tzinfo else captured.replace(tzinfo=UTC)
+    return (0, aware.timestamp(), scan.id)
+
+
+def _matches(scan: Scan, selection: Selection) -> bool:
+    if selection.store_id is not None and scan.store_id != selection.store_id:
+        return False
+    if selection.status is not None and scan.status != selection.status:
+        return False
+    if selection.captured_from is None and selection.captured_to is None:
+        return True
+    captured = _captured(scan)
+    if captured is None:
+        return False
+    day: date = captured.date()  # the date as written, not converted to UTC
+    return ((selection.captured_from is None or day >= selection.captured_from)
+            and (selection.captured_to is None or day <= selection.captured_to))
+
+
+def _extension(filename: str) -> str:
+    """The stored file's extension: the original's when plain, else ``bin``."""
+    suffix = Path(filename.replace("\\", "/")).suffix.lower().lstrip(".")
+    suffix = "jpg" if suffix == "jpeg" else suffix
+    return suffix if EXTENSION.fullmatch(suffix) else "bin"
+
+
+def _encode(document: Mapping[str, Any]) -> bytes:
+    """Strict JSON in UTF-8 (no NaN); ValueError/TypeError for what cannot be stored."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, indent=2).encode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

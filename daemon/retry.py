@@ -1,0 +1,285 @@
+"""The one retry policy of scanrelay, and the one place HTTP failures are classified.
+
+- ``classify_response`` turns an HTTP answer into nothing (success) or an error:
+  ``TransientError`` for 408, 429, 500, 502, 503, 504 (with ``Retry-After``),
+  ``PermanentError`` for any other 4xx or 5xx, carrying the redacted body.
+- ``classify_exception`` / ``translate_request_errors`` do the same for ``requests``
+  exceptions: connection errors, timeouts and cut-off bodies are transient.
+- ``RetryPolicy`` (and the ``retrying`` decorator) retry ``TransientError`` with
+  exponential backoff and full jitter, sleep at least ``retry_after``, and stop at the
+  first of the attempt bound and the time bound; the last error is re-raised as is.
+
+Each retry is logged (with whatever the caller bound: ``logger.bind(run=..., item=...)``
+passed as ``log``, or ``logger.contextualize(...)`` around the call) and reported to
+the callbacks in ``RETRY_HOOKS`` (metrics count retries by cause there).
+
+Setting ``STOPPING`` makes every retry sleep, now or later, raise ``Interrupted``: a
+daemon shutting down does not wait out a long ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ParamSpec, TypeVar
+
+import requests
+import tenacity
+from loguru import logger as default_logger
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+from daemon.errors import Interrupted, PermanentError, ScanrelayError, TransientError
+from daemon.redact import redact
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+BODY_LIMIT = 2048
+
+# Causes (``ClassifiedTransientError.cause``) after which the request surely did not
+# reach the server's processing: safe to resend even a non-idempotent POST.
+NOT_PROCESSED_CAUSES = frozenset({"connect", "http_408", "http_429", "http_503"})
+
+STOPPING = threading.Event()
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """One retry about to happen, as reported to ``RETRY_HOOKS``."""
+
+    describe: str
+    cause: str
+    attempt: int
+    wait: float
+
+
+RETRY_HOOKS: list[Callable[[RetryEvent], None]] = []
+
+
+class ClassifiedTransientError(TransientError):
+    """A ``TransientError`` that knows its cause: ``connect`` (no connection was made),
+    ``timeout`` (no answer in time), ``connection`` (reset or aborted after sending),
+    ``incomplete`` (body cut off), ``truncated`` (fewer bytes than announced) or
+    ``http_<status>``. Metrics count by it, and ``create_scan`` decides by it whether a
+    resend is safe."""
+
+    def __init__(self, message: str, cause: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.cause = cause
+
+
+def cause_of(exc: BaseException) -> str:
+    """A short label for why ``exc`` happened (``other`` when nothing says)."""
+    if isinstance(exc, ClassifiedTransientError):
+        return exc.cause
+    return "other"
+
+
+# --- classifying HTTP answers ------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date);
+    None when absent or unreadable. Never negative. Raises nothing."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def response_excerpt(resp: requests.Response, secrets: Iterable[str | None] = (),
+                     limit: int = BODY_LIMIT) -> str:
+    """The start of the response body (at most ``limit`` bytes read, even from a
+    streamed response), decoded leniently and redacted. Raises nothing."""
+    data = b""
+    try:
+        for chunk in resp.iter_content(chunk_size=limit):
+            data += chunk
+            if len(data) >= limit:
+                break
+    except (requests.RequestException, RuntimeError):
+        pass  # a body we cannot read adds nothing to an error already being raised
+    text = data[:limit].decode(resp.encoding or "utf-8", errors="replace")
+    if len(data) >= limit:
+        text += " [...]"
+    return redact(text.strip(), secrets)
+
+
+def classify_response(resp: requests.Response, secrets: Iterable[str | None] = (),
+                      what: str = "") -> None:
+    """Return if ``resp`` succeeded (status below 400); otherwise raise.
+
+    Raises ``ClassifiedTransientError`` (a ``TransientError``) for 408, 429, 500, 502,
+    503 and 504, with ``retry_after`` from the header; ``PermanentError`` for every
+    other status of 400 and above, with the body (truncated, secrets redacted)."""
+    status = resp.status_code
+    if status < 400:
+        return
+    prefix = f"{what}: " if what else ""
+    reason = f"HTTP {status} {resp.reason or ''}".strip()
+    body = response_excerpt(resp, secrets)
+    message = f"{prefix}{reason}" + (f": {body}" if body else "")
+    if status in TRANSIENT_STATUSES:
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        raise ClassifiedTransientError(message, f"http_{status}", retry_after=retry_after)
+    raise PermanentError(message)
+
+
+# --- classifying exceptions --------------------------------------------------------
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` happened before a connection existed, so nothing was sent."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    for arg in getattr(exc, "args", ()):
+        if isinstance(arg, MaxRetryError):
+            arg = arg.reason
+        # NewConnectionError (refused, unreachable, DNS) subclasses ConnectTimeoutError
+        if isinstance(arg, ConnectTimeoutError | NewConnectionError):
+            return True
+    return False
+
+
+def classify_exception(exc: requests.RequestException, secrets: Iterable[str | None] = (),
+                       what: str = "") -> ScanrelayError:
+    """The scanrelay error for a ``requests`` exception (returned, not raised):
+    transient for connection failures, timeouts and cut-off bodies; permanent for
+    the rest (bad URL, too many redirects). The message is redacted."""
+    prefix = f"{what}: " if what else ""
+    text = redact(f"{type(exc).__name__}: {exc}", secrets)
+    if is_connect_failure(exc):
+        return ClassifiedTransientError(f"{prefix}cannot connect: {text}", "connect")
+    if isinstance(exc, requests.Timeout):
+        return ClassifiedTransientError(f"{prefix}timed out: {text}", "timeout")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError
+                  | requests.exceptions.ContentDecodingError):
+        return ClassifiedTransientError(f"{prefix}body cut off: {text}", "incomplete")
+    if isinstance(exc, requests.ConnectionError):
+        return ClassifiedTransientError(f"{prefix}connection failed: {text}", "connection")
+    return PermanentError(f"{prefix}{text}")
+
+
+@contextlib.contextmanager
+def translate_request_errors(secrets: Iterable[str | None] = (),
+                             what: str = "") -> Iterator[None]:
+    """Re-raise any ``requests`` exception inside the block as classified by
+    ``classify_exception`` (chained to the original)."""
+    try:
+        yield
+    except requests.RequestException as exc:
+        raise classify_exception(exc, secrets, what) from exc
+
+
+# --- retrying ----------------------------------------------------------------------
+
+
+def interruptible_sleep(seconds: float) -> None:
+    """Sleep, unless ``STOPPING`` is or becomes set: then raise ``Interrupted``."""
+    if STOPPING.wait(seconds):
+        raise Interrupted("shutting down during a retry wait")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry ``TransientError`` up to ``attempts`` tries and ``max_seconds`` in total
+    (an attempt is not started if its wait would cross the time bound).
+
+    The wait before try n+1 is uniform in [0, min(cap, base * 2**(n-1))] (full jitter,
+    so that many workers hit by one outage do not come back in step), and at least the
+    error's ``retry_after``."""
+
+    attempts: int = 6
+    max_seconds: float = 300.0
+    base: float = 0.5
+    cap: float = 30.0
+    sleep: Callable[[float], None] = interruptible_sleep
+
+    def wait_for(self, attempt: int, exc: BaseException | None) -> float:
+        """The wait after failed try number ``attempt`` (1-based) that raised ``exc``."""
+        backoff = random.uniform(0.0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        retry_after = getattr(exc, "retry_after", None)
+        return max(backoff, retry_after) if retry_after is not None else backoff
+
+    def call(self, fn: Callable[[], T], describe: str, *, log: Any = None,
+             retry_if: Callable[[BaseException], bool] = _is_transient) -> T:
+        """``fn()``, retried while it raises an error ``retry_if`` accepts (by default
+        any ``TransientError``). Raises the last error once a bound is reached,
+        whatever ``fn`` raises that is not retried, and ``Interrupted`` when
+        ``STOPPING`` is set during a wait."""
+        log = log if log is not None else default_logger
+        retryer = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts)
+            | tenacity.stop_before_delay(self.max_seconds),
+            wait=self._tenacity_wait,
+            retry=tenacity.retry_if_exception(retry_if),
+            before_sleep=functools.partial(_before_sleep, describe, self.attempts, log),
+            retry_error_callback=functools.partial(_give_up, describe, log),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        return retryer(fn)
+
+    def _tenacity_wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.wait_for(state.attempt_number, exc)
+
+
+def _before_sleep(describe: str, attempts: int, log: Any,
+                  state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    event = RetryEvent(describe, cause_of(exc) if exc else "other",
+                       state.attempt_number, state.upcoming_sleep)
+    log.warning("retrying {} in {:.1f}s (try {}/{} failed, cause {}): {}", describe,
+                event.wait, event.attempt, attempts, event.cause, exc)
+    for hook in list(RETRY_HOOKS):
+        try:
+            hook(event)
+        except Exception:  # a broken metrics hook must not break the transfer
+            log.exception("retry hook {!r} failed", hook)
+
+
+def _give_up(describe: str, log: Any, state: tenacity.RetryCallState) -> Any:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("giving up on {} after {} tries in {:.1f}s: {}", describe,
+                state.attempt_number, state.seconds_since_start or 0.0, exc)
+    assert state.outcome is not None
+    return state.outcome.result()  # re-raises the last error
+
+
+def retrying(attempts: int, max_seconds: float, describe: str = "", *, log: Any = None,
+             retry_if: Callable[[BaseException], bool] = _is_transient,
+             sleep: Callable[[float], None] = interruptible_sleep
+             ) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorator form of ``RetryPolicy(attempts, max_seconds).call`` (see there for
+    what it raises); ``describe`` defaults to the function's name."""
+    policy = RetryPolicy(attempts=attempts, max_seconds=max_seconds, sleep=sleep)
+
+    def decorate(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return policy.call(lambda: fn(*args, **kwargs), describe or fn.__name__,
+                               log=log, retry_if=retry_if)
+        return wrapper
+    return decorate

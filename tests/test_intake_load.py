@@ -1,0 +1,62 @@
+"""1,000 request files dropped at once: each ends in done/ or failed/ exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers import DEMO_SCAN_IDS, DaemonProcess, listing, make_root, wait_settled
+
+COUNT = 1000
+INVALID_EVERY = 10  # every 10th request is invalid (a non-numeric ID)
+
+
+def _write_all(inbox: Path) -> list[str]:
+    """Write every request under a temp name first, then rename them all in a burst,
+    so the daemon sees 1,000 arrivals within a few milliseconds."""
+    names = []
+    for i in range(COUNT):
+        name = f"req-{i:04d}.csv"
+        body = "scan_id\nnot-a-number\n" if i % INVALID_EVERY == 0 else \
+            f"scan_id\n{DEMO_SCAN_IDS[i % len(DEMO_SCAN_IDS)]}\n"
+        (inbox / f".{name}.tmp").write_text(body)
+        names.append(name)
+    for name in names:
+        os.rename(inbox / f".{name}.tmp", inbox / name)
+    return names
+
+
+@pytest.mark.slow
+def test_thousand_requests_each_settle_exactly_once(tmp_path: Path) -> None:
+    root = make_root(tmp_path, runs={"max_parallel": 4}, log={"level": "INFO"})
+    (root / "inbox").mkdir(exist_ok=True)
+    with DaemonProcess(root) as daemon:
+        names = _write_all(root / "inbox")
+        results = wait_settled(root, names, timeout=240)
+        assert daemon.alive()
+
+    folders = Counter(folder for folder, _ in results.values())
+    assert folders == {"done": COUNT - COUNT // INVALID_EVERY, "failed": COUNT // INVALID_EVERY}
+    for i, name in enumerate(names):
+        folder, result = results[name]
+        assert folder == ("failed" if i % INVALID_EVERY == 0 else "done"), name
+    # Exactly once: one request file and one result per name, nothing left anywhere.
+    for folder in ("done", "failed"):
+        placed = [p for p in listing(root / folder) if not p.endswith((".json", ".txt"))]
+        assert len(placed) == len(set(placed)) == folders[folder]
+        assert not any("-2." in p for p in placed), "a request settled twice"
+    assert [p for p in (root / "inbox").rglob("*") if p.is_file()] == []
+    assert listing(root / "processing") == []
+    # The ledger saw each request once, and each ran (at most) one attempt.
+    with sqlite3.connect(root / "state" / "ledger.sqlite") as db:
+        rows = db.execute("SELECT name, status, attempts FROM requests").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(names)
+    assert all(attempts <= 1 for _, _, attempts in rows)
+    run_dirs = list((root / "runs").iterdir())
+    assert len(run_dirs) == COUNT - COUNT // INVALID_EVERY
+    statuses = Counter(json.loads((d / "run.json").read_text())["status"] for d in run_dirs)
+    assert statuses == {"done": COUNT - COUNT // INVALID_EVERY}

@@ -184,7 +184,7 @@ def submit(action: str,
         for problem in exc.problems:
             err.print(f"  - {problem}", markup=False)
         raise typer.Exit(2) from None
-    console.print(str(path))
+    print(path)  # plain: scripts read it, rich would wrap a long path
 
 
 def _ids(ids: str | None, ids_file: Path | None, cfg: Config) -> dict[str, Any]:

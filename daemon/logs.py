@@ -1,5 +1,6 @@
 """Logging through loguru: one stderr sink (journald-friendly, or JSON lines), one file
-sink per run (``run.log``), and a redaction patch so no configured secret is written.
+sink per run (``run.log``), and a redaction patch (``daemon.redact``: registered secrets
+and token/password patterns) so no secret is written.
 
 Every line carries ``run`` (``-`` outside a run): code binds it with
 ``logger.bind(run=run_id)``.
@@ -9,35 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
+from daemon.redact import redact
+
 FORMAT = ("{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} [{extra[run]}] {message}"
           "{exception}")
-_secrets: set[str] = set()
-_lock = threading.Lock()
-
-
-def add_secret(value: str | None) -> None:
-    """Register a secret value: it is replaced by ``***`` in every log line from now on."""
-    if value and len(value) >= 4:
-        with _lock:
-            _secrets.add(value)
-
-
-def redact_text(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def _patch(record: Any) -> None:
     record["extra"].setdefault("run", "-")
-    if _secrets:
-        record["message"] = redact_text(record["message"])
+    record["message"] = redact(record["message"])
 
 
 def setup(level: str = "INFO", json_lines: bool = False, stream: Any = None) -> None:

@@ -95,8 +95,9 @@ class Runner:
                  state.data["attempts"])
         checkpoint = Checkpoint(run_dir)
         try:
-            result = handler_for(request.action)(self._context(request, run_dir, state,
-                                                                checkpoint, log))
+            with logger.contextualize(run=run_dir.name):
+                result = handler_for(request.action)(self._context(request, run_dir, state,
+                                                                    checkpoint, log))
         except Interrupted:
             state.interrupted()
             log.warning("run interrupted by shutdown; it resumes at the next start")

@@ -22,6 +22,7 @@ from types import FrameType
 
 from loguru import logger
 
+from daemon import retry
 from daemon.config import Config
 from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
@@ -56,6 +57,7 @@ class Service:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
         if handle_signals:
             self._install_signals()
+        retry.STOPPING.clear()
         resumes = pending_claims(self.layout)
         if resumes:
             logger.info("resuming {} request(s) left in processing/", len(resumes))
@@ -141,6 +143,7 @@ class Service:
         signal.signal(signal.SIGINT, on_signal)
 
     def _shutdown(self) -> None:
+        retry.STOPPING.set()  # retry waits end at once instead of sleeping out a backoff
         self.notifier.send("STOPPING=1")
         self.watcher.stop()
         # Queued claims never start; they stay in processing/ and resume at next start.

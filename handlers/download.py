@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from daemon.errors import PermanentError, RequestError, TransientError
 from daemon.fsutil import atomic_writer
 from daemon.instances.base import FileRef, Instance, Scan
@@ -137,9 +139,12 @@ def _fetch_one(ctx: RunContext, source: Instance, task: FileTask, images: Path) 
     record = ctx.checkpoint.get(task.key)
     if record and is_complete(ctx.run_dir / record["path"], record["size"], record["sha256"]):
         return FileOutcome(task, record["path"], record["size"], record["sha256"], reused=True)
-    log = ctx.log.bind(item=f"{task.scan_id}/{task.ref.file_id}")
+    item = f"{task.scan_id}/{task.ref.file_id}"
+    log = ctx.log.bind(item=item)
     try:
-        outcome = _stream_to_images(source, task, images, ctx)
+        # Lines the instance logs itself (retries) name this run and item too.
+        with logger.contextualize(run=ctx.run_id, item=item):
+            outcome = _stream_to_images(source, task, images, ctx)
     except (PermanentError, TransientError) as exc:
         log.warning("file {} of scan {} failed: {}", task.ref.file_id, task.scan_id, exc)
         return FileOutcome(task, error=str(exc), transient=isinstance(exc, TransientError))

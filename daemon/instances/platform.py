@@ -13,7 +13,6 @@ from typing import Any, BinaryIO
 
 from psycopg.conninfo import make_conninfo
 
-from daemon import logs
 from daemon.config import PlatformInstanceConfig, read_secret
 from daemon.errors import FatalError
 from daemon.instances.base import FetchedFile, FileRef, Scan, Selection
@@ -110,7 +109,6 @@ class PlatformInstance:
                                f"instance {self.name}: db_password")
         self._db_password = password
         register_secret(password)
-        logs.add_secret(password)
         params: dict[str, Any] = {"host": db.host, "port": db.port, "dbname": db.dbname,
                                   "user": db.user, "connect_timeout": DB_CONNECT_TIMEOUT,
                                   "application_name": "scanrelay"}

@@ -25,7 +25,6 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from requests_toolbelt import MultipartEncoder
 
-from daemon import logs
 from daemon.errors import FatalError, PermanentError
 from daemon.instances.base import FetchedFile, FileRef
 from daemon.redact import redact, register_secret
@@ -212,7 +211,6 @@ class PlatformApi:
         username, password = self._credentials()
         self._password = password
         register_secret(password)
-        logs.add_secret(password)
         url = self._url("login")
 
         def attempt() -> str:
@@ -237,7 +235,6 @@ class PlatformApi:
         except PermanentError as exc:
             raise FatalError(f"instance {self.name}: cannot log in: {exc}") from exc
         register_secret(token)
-        logs.add_secret(token)
         logger.info("instance {}: logged in as {}", self.name, username)
         return token
 

@@ -1,0 +1,251 @@
+"""Values the reference server shares with tests: ground truth, recognitions, records.
+
+A seeded scan's *truth* (``ScanTruth``) is what its compliance report says. The same
+truth is embedded in the header of each of its files, so a server that receives those
+bytes in an upload (another ``RefServer``, the target of a copy) can "recognise" the
+scan: it knows the source scan, its planogram, section and figures. Its recognition
+(``Recognition``) records what it chose and the §7 comment an analysis must print.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """What the simulated recognition of a created scan did."""
+
+    SAME = "same"  # the source's planogram, section and figures
+    OTHER_PLANOGRAM = "other_planogram"  # a planogram with another name
+    OTHER_SECTION = "other_section"  # same planogram, a section with another name
+    ADDITIONAL_SECTION = "additional_section"  # same names, but an additional section
+    HIGHER_POG = "higher_pog"  # same as source, pre POG % higher
+    NO_REPORT = "no_report"  # status done, has_report false: no report at all
+    MAPPED = "mapped"  # mapped mode: the payload's section/store planogram kept
+    UNKNOWN_SOURCE = "unknown_source"  # files carry no truth header: a pick of its own
+
+
+AUTO_OUTCOMES: tuple[Outcome, ...] = (
+    Outcome.SAME,
+    Outcome.OTHER_PLANOGRAM,
+    Outcome.OTHER_SECTION,
+    Outcome.ADDITIONAL_SECTION,
+    Outcome.HIGHER_POG,
+    Outcome.NO_REPORT,
+)
+
+
+class Comment(StrEnum):
+    """The comments of SPEC §7, in the order the rules apply."""
+
+    MISSING = "Missing In Target"
+    WRONG_POG = "Wrong POG Name Mapping"
+    DIFFERENT_SECTION = "Same POG Name but Different Section"
+    ADDITIONAL = "Target Has Additional Section (Source Does Not)"
+    HIGHER_POG = "Target Has Higher POG% Than Source"
+    NO_ISSUES = "No Issues"
+
+
+@dataclass(frozen=True)
+class ReportValues:
+    """What one compliance report says, by name (IDs differ between instances)."""
+
+    planogram_name: str
+    category_name: str
+    section_name: str
+    is_additional: bool
+    aisle_name: str
+    pre_compliance: float
+    post_compliance: float
+    pre_osa: float
+    post_osa: float
+    correct: int
+    wandering: int
+    missing: int
+    empty: int
+
+    @classmethod
+    def from_details(cls, details: Mapping[str, Any]) -> ReportValues:
+        """From a ``RefServer.scan_details()`` row (category and aisle left empty)."""
+        return cls(
+            planogram_name=details["planogram_name"],
+            category_name="",
+            section_name=details["section_name"],
+            is_additional=bool(details["is_additional_section"]),
+            aisle_name="",
+            pre_compliance=details["pre_pog"],
+            post_compliance=details["post_pog"],
+            pre_osa=details["pre_osa"],
+            post_osa=details["post_osa"],
+            correct=details["ok_count"],
+            wandering=details["wandering_count"],
+            missing=details["oos_count"],
+            empty=details["hole_count"],
+        )
+
+    def compliance_rates(self) -> dict[str, float | int]:
+        """The ``compliance_rates`` JSON of the report row."""
+        return {
+            "correct": self.correct,
+            "wandering": self.wandering,
+            "missing": self.missing,
+            "empty": self.empty,
+            "osa": self.post_osa,
+        }
+
+
+@dataclass(frozen=True)
+class ScanTruth:
+    """The ground truth of one seeded scan, as embedded in its files' headers."""
+
+    source_scan_id: int
+    store_id: int
+    values: ReportValues
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source_scan_id": self.source_scan_id,
+            "store_id": self.store_id,
+            "values": asdict(self.values),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScanTruth:
+        return cls(
+            int(data["source_scan_id"]), int(data["store_id"]), ReportValues(**data["values"])
+        )
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False).encode()
+
+
+def comment_for(source: ReportValues | None, target: ReportValues | None) -> Comment:
+    """SPEC §7: the first comment that applies to a source/target pair."""
+    if target is None:
+        return Comment.MISSING
+    if source is None:
+        return Comment.WRONG_POG
+    if source.planogram_name != target.planogram_name:
+        return Comment.WRONG_POG
+    if source.section_name != target.section_name:
+        return Comment.DIFFERENT_SECTION
+    if target.is_additional and not source.is_additional:
+        return Comment.ADDITIONAL
+    if target.pre_compliance > source.pre_compliance:
+        return Comment.HIGHER_POG
+    return Comment.NO_ISSUES
+
+
+@dataclass(frozen=True)
+class AppliedReport:
+    """What processing wrote for a created scan (IDs are the target database's)."""
+
+    realogram_id: int
+    planogram_id: int | None
+    store_planogram_id: int | None
+    section_id: int | None
+    values: ReportValues
+
+
+@dataclass
+class Recognition:
+    """Ground truth for one scan created through the API.
+
+    ``truth`` is the source scan's truth, read from the uploaded files (None when they
+    carry none). ``expected_comment`` is what an analysis of source vs this scan must
+    say; for auto outcomes it is known at creation, for mapped ones once processed.
+    """
+
+    scan_id: int
+    store_id: int
+    mode: str  # "auto" or "mapped"
+    outcome: Outcome
+    truth: ScanTruth | None
+    payload: dict[str, Any]
+    applied: AppliedReport | None = None
+    processed: bool = False
+
+    @property
+    def source_scan_id(self) -> int | None:
+        return self.truth.source_scan_id if self.truth else None
+
+    @property
+    def expected_comment(self) -> Comment | None:
+        if self.outcome == Outcome.NO_REPORT:
+            return Comment.MISSING
+        if self.truth is None:
+            return None  # the source is unknown to this server
+        if self.processed:
+            target = self.applied.values if self.applied else None
+            return comment_for(self.truth.values, target)
+        return NOMINAL_COMMENTS.get(self.outcome)
+
+
+NOMINAL_COMMENTS: dict[Outcome, Comment] = {
+    Outcome.SAME: Comment.NO_ISSUES,
+    Outcome.OTHER_PLANOGRAM: Comment.WRONG_POG,
+    Outcome.OTHER_SECTION: Comment.DIFFERENT_SECTION,
+    Outcome.ADDITIONAL_SECTION: Comment.ADDITIONAL,
+    Outcome.HIGHER_POG: Comment.HIGHER_POG,
+    Outcome.NO_REPORT: Comment.MISSING,
+}
+
+
+@dataclass(frozen=True)
+class SeededFile:
+    """One seeded file. ``sha256`` of big generated files: ``SeedResult.sha256()``."""
+
+    file_id: int
+    scan_id: int
+    original_filename: str
+    size: int
+    storage: str  # "disk" or "generated"
+
+
+@dataclass
+class SeedResult:
+    """What ``RefServer.seed()`` created."""
+
+    store_ids: list[int]
+    scan_ids: list[int]
+    files: dict[int, list[SeededFile]]  # by scan ID
+    truths: dict[int, ScanTruth]  # by scan ID
+    _sha256: Any = field(repr=False, default=None)  # callable file_id -> hex digest
+
+    def sha256(self, file_id: int) -> str:
+        """Expected sha256 of a file's bytes (computed on first ask for big files)."""
+        return str(self._sha256(file_id))
+
+    def all_files(self) -> list[SeededFile]:
+        return [f for scan_id in self.scan_ids for f in self.files[scan_id]]
+
+    def expected_sha256(self) -> dict[int, str]:
+        """Every seeded file's sha256 by file ID (generates big files: may be slow)."""
+        return {f.file_id: self.sha256(f.file_id) for f in self.all_files()}
+
+
+@dataclass(frozen=True)
+class ReceivedCreate:
+    """A create-scan request as received (payload exactly as sent) and answered."""
+
+    payload: Any
+    outcome: str  # HTTP status as text, or the fault ("reset", "timeout", ...)
+    scan_id: int | None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request to the blob listener: what arrived, headers included."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+    @property
+    def has_authorization(self) -> bool:
+        """True when an Authorization header (any case) arrived."""
+        return any(k.lower() == "authorization" for k in self.headers)

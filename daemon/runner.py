@@ -146,7 +146,7 @@ class Runner:
                 problems: list[str], transient: bool) -> None:
         failed = [{"scan_id": i.scan_id, "error": i.error, "transient": i.transient}
                   for i in result.failed]
-        counts = {**result.counts, "items": len(result.items), "failed": len(failed)}
+        counts = {**result.counts, "items": result.total, "failed": len(failed)}
         state.finish(status, counts=counts, errors=problems + [
             f"scan {f['scan_id']}: {f['error']}" for f in failed][:MAX_ERRORS_IN_RUN_JSON],
             result={"failed": failed, "problems": problems,
@@ -203,7 +203,7 @@ def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: st
 def _status_of(result: HandlerResult) -> RunStatus:
     if not result.failed:
         return RunStatus.DONE
-    return RunStatus.PARTIAL if len(result.failed) < len(result.items) else RunStatus.FAILED
+    return RunStatus.PARTIAL if result.succeeded else RunStatus.FAILED
 
 
 def _retry_request(request: Request, run_id: str, failed: list[dict[str, Any]]

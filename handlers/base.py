@@ -39,14 +39,22 @@ class ItemResult:
 
 @dataclass
 class HandlerResult:
-    """What a handler reports: one entry per item, plus action-specific counts."""
+    """What a handler reports: failed items in full, successes only counted (memory stays
+    flat however many scans a run has), plus action-specific counts."""
 
-    items: list[ItemResult] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
+    failed: list[ItemResult] = field(default_factory=list)
+    succeeded: int = 0  # ok or skipped
+
+    def add(self, item: ItemResult) -> None:
+        if item.status is ItemStatus.FAILED:
+            self.failed.append(item)
+        else:
+            self.succeeded += 1
 
     @property
-    def failed(self) -> list[ItemResult]:
-        return [i for i in self.items if i.status is ItemStatus.FAILED]
+    def total(self) -> int:
+        return self.succeeded + len(self.failed)
 
 
 class Progress(Protocol):

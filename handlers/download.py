@@ -1,33 +1,34 @@
 """The ``download`` action: the images of scans to ``images/``, with ``manifest.csv``.
 
-Plan (pure): scans → one task per file with its name stem. Execute: a thread pool
-bounded by the source's ``max_connections`` streams each file to a temp name, hashes
-it while writing, renames it, and journals it in the checkpoint. A resumed run skips
-every file whose journal record still matches the file on disk (size + sha256).
+Plan (pure): scans → one task per file with its name stem. Execute: a pipeline, not
+batch barriers: a thread pool bounded by the source's ``max_connections`` streams each
+file to a temp name, hashing while writing, renames it, and journals it in the
+checkpoint. Up to ``WINDOW`` batches are in flight, so one batch's slow file does not
+idle the pool; batches still complete in order for progress lines and the manifest.
+A resumed run skips every file whose journal record still matches the file on disk.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from loguru import logger
 
 from daemon.errors import PermanentError, RequestError, TransientError
-from daemon.fsutil import atomic_writer
 from daemon.instances.base import FileRef, Instance, Scan
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
+from handlers.manifest import Manifest, ManifestRow
 from handlers.naming import extension, file_stems
 from handlers.streams import HashingSink, is_complete
 
 IMAGES = "images"
-MANIFEST_COLUMNS = ("scan_id", "file_id", "path", "bytes", "sha256", "status", "error")
+WINDOW = 4  # batches in flight at once
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,14 @@ class FileOutcome:
     reused: bool = False
 
 
+@dataclass(frozen=True)
+class Batch:
+    number: int
+    scan_ids: Sequence[int]
+    missing: dict[int, str]  # scan ID → why it cannot be downloaded
+    futures: list[Future[FileOutcome]]
+
+
 def plan(scans: Sequence[Scan]) -> list[FileTask]:
     """One task per file of each scan, named by ``handlers.naming``."""
     return [FileTask(scan.id, ref, stem)
@@ -70,26 +79,25 @@ def run(ctx: RunContext) -> HandlerResult:
     scan_ids = resolve_scan_ids(ctx, source)
     images = ctx.run_dir / IMAGES
     images.mkdir(exist_ok=True)
-    result = HandlerResult(counts={"scans": len(scan_ids), "files": 0, "bytes": 0,
-                                   "reused_files": 0})
-    rows: list[FileOutcome] = []
-    not_found: dict[int, str] = {}
-    done = 0
+    for stale in images.glob(".*.part"):  # half-written by a crash: this run owns them
+        stale.unlink()
+    result = HandlerResult(counts={"scans": len(scan_ids), "files": 0, "failed_files": 0,
+                                   "bytes": 0, "reused_files": 0})
     chunks = list(batches(scan_ids, request.batch_size))
-    with ThreadPoolExecutor(source.max_connections, thread_name_prefix="download") as pool:
-        for number, chunk in enumerate(chunks, start=1):
-            ctx.check_stop()
-            outcomes, missing = _download_batch(ctx, source, pool, chunk, images)
-            rows += outcomes
-            not_found.update(missing)
-            result.items += _scan_results(chunk, outcomes, missing)
-            _count(result.counts, outcomes)
-            done += len(chunk)
-            ctx.log.info("[BATCH {}/{}] {} scans, {} files", number, len(chunks), len(chunk),
-                         len(outcomes))
-            ctx.progress(done, len(scan_ids), batch=number, batches=len(chunks),
-                         failed=len(result.failed))
-            write_manifest(ctx.run_dir, rows, not_found)
+    window: deque[Batch] = deque()
+    with ThreadPoolExecutor(source.max_connections, thread_name_prefix="download") as pool, \
+            Manifest(ctx.run_dir) as manifest:
+        try:
+            for number, chunk in enumerate(chunks, start=1):
+                ctx.check_stop()
+                window.append(_start(ctx, source, pool, number, chunk, images))
+                while len(window) >= WINDOW or (window and _all_done(window[0])):
+                    _finish(ctx, window.popleft(), len(chunks), result, manifest)
+            while window:
+                _finish(ctx, window.popleft(), len(chunks), result, manifest)
+        except BaseException:
+            _cancel(window)
+            raise
     return result
 
 
@@ -109,29 +117,43 @@ def resolve_scan_ids(ctx: RunContext, source: Instance) -> list[int]:
     return ids
 
 
-def _download_batch(ctx: RunContext, source: Instance, pool: ThreadPoolExecutor,
-                    chunk: Sequence[int], images: Path
-                    ) -> tuple[list[FileOutcome], dict[int, str]]:
+def _start(ctx: RunContext, source: Instance, pool: ThreadPoolExecutor, number: int,
+           chunk: Sequence[int], images: Path) -> Batch:
     scans = source.get_scans(chunk)
     found = {s.id for s in scans}
     missing = {i: f"scan {i} not found in {source.name}" for i in chunk if i not in found}
     futures = [pool.submit(_fetch_one, ctx, source, task, images) for task in plan(scans)]
-    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-    _raise_first(futures, finished)
-    return [f.result() for f in futures], missing
+    return Batch(number, chunk, missing, futures)
 
 
-def _raise_first(futures: list[Future[FileOutcome]], finished: set[Future[FileOutcome]]
-                 ) -> None:
-    """An Interrupted or FatalError in one task stops the batch: cancel the rest, wait for
-    the running ones (they stop within a chunk), and raise it."""
-    error = next((f.exception() for f in futures if f in finished and f.exception()), None)
-    if error is None:
-        return
+def _all_done(batch: Batch) -> bool:
+    return all(f.done() for f in batch.futures)
+
+
+def _finish(ctx: RunContext, batch: Batch, total_batches: int, result: HandlerResult,
+            manifest: Manifest) -> None:
+    """Wait for a batch; an ``Interrupted`` or ``FatalError`` of any file stops the run."""
+    wait(batch.futures)
+    error = next((f.exception() for f in batch.futures if f.exception()), None)
+    if error is not None:
+        raise error
+    outcomes = [f.result() for f in batch.futures]
+    for item in _scan_results(batch, outcomes):
+        result.add(item)
+    _count(result.counts, outcomes)
+    manifest.write(_rows(outcomes, batch.missing))
+    ctx.log.info("[BATCH {}/{}] {} scans, {} files, {} failed scans so far", batch.number,
+                 total_batches, len(batch.scan_ids), len(outcomes), len(result.failed))
+    ctx.progress(result.total, result.counts["scans"], batch=batch.number,
+                 batches=total_batches, failed=len(result.failed))
+
+
+def _cancel(window: deque[Batch]) -> None:
+    """Cancel queued files and wait for running ones (they stop within a chunk)."""
+    futures = [f for batch in window for f in batch.futures]
     for f in futures:
         f.cancel()
     wait(futures)
-    raise error
 
 
 def _fetch_one(ctx: RunContext, source: Instance, task: FileTask, images: Path) -> FileOutcome:
@@ -140,13 +162,13 @@ def _fetch_one(ctx: RunContext, source: Instance, task: FileTask, images: Path) 
     if record and is_complete(ctx.run_dir / record["path"], record["size"], record["sha256"]):
         return FileOutcome(task, record["path"], record["size"], record["sha256"], reused=True)
     item = f"{task.scan_id}/{task.ref.file_id}"
-    log = ctx.log.bind(item=item)
     try:
         # Lines the instance logs itself (retries) name this run and item too.
         with logger.contextualize(run=ctx.run_id, item=item):
             outcome = _stream_to_images(source, task, images, ctx)
     except (PermanentError, TransientError) as exc:
-        log.warning("file {} of scan {} failed: {}", task.ref.file_id, task.scan_id, exc)
+        ctx.log.bind(item=item).warning("file {} of scan {} failed: {}", task.ref.file_id,
+                                        task.scan_id, exc)
         return FileOutcome(task, error=str(exc), transient=isinstance(exc, TransientError))
     ctx.checkpoint.record(task.key, path=outcome.path, size=outcome.size,
                           sha256=outcome.sha256)
@@ -163,25 +185,24 @@ def _stream_to_images(source: Instance, task: FileTask, images: Path,
             fetched = source.fetch_file(task.ref, sink)  # type: ignore[arg-type]
             raw.flush()
             os.fsync(raw.fileno())
-        name = f"{task.stem}.{extension(fetched.original_filename or task.ref.filename, sink.head)}"
-        final = images / name
-        os.replace(tmp, final)
+        ext = extension(fetched.original_filename or task.ref.filename, sink.head)
+        name = f"{task.stem}.{ext}"
+        os.replace(tmp, images / name)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return FileOutcome(task, f"{IMAGES}/{name}", sink.size, sink.sha256)
 
 
-def _scan_results(chunk: Sequence[int], outcomes: list[FileOutcome],
-                  missing: dict[int, str]) -> list[ItemResult]:
+def _scan_results(batch: Batch, outcomes: list[FileOutcome]) -> list[ItemResult]:
     errors: dict[int, list[FileOutcome]] = {}
     for o in outcomes:
         if o.error:
             errors.setdefault(o.task.scan_id, []).append(o)
     results = []
-    for scan_id in chunk:
-        if scan_id in missing:
-            results.append(ItemResult(scan_id, ItemStatus.FAILED, missing[scan_id]))
+    for scan_id in batch.scan_ids:
+        if scan_id in batch.missing:
+            results.append(ItemResult(scan_id, ItemStatus.FAILED, batch.missing[scan_id]))
         elif scan_id in errors:
             failed = errors[scan_id]
             message = "; ".join(f"file {o.task.ref.file_id}: {o.error}" for o in failed)
@@ -192,24 +213,18 @@ def _scan_results(chunk: Sequence[int], outcomes: list[FileOutcome],
     return results
 
 
-def _count(counts: dict[str, Any], outcomes: list[FileOutcome]) -> None:
+def _count(counts: dict[str, int], outcomes: list[FileOutcome]) -> None:
     ok = [o for o in outcomes if not o.error]
     counts["files"] += len(ok)
+    counts["failed_files"] += len(outcomes) - len(ok)
     counts["bytes"] += sum(o.size for o in ok)
     counts["reused_files"] += sum(o.reused for o in ok)
-    counts["failed_files"] = counts.get("failed_files", 0) + len(outcomes) - len(ok)
 
 
-def write_manifest(run_dir: Path, outcomes: list[FileOutcome],
-                   not_found: dict[int, str]) -> None:
-    """Rewritten atomically after each batch; a scan that does not exist gets one row."""
-    with atomic_writer(run_dir / "manifest.csv") as f:
-        writer = csv.DictWriter(f, MANIFEST_COLUMNS)
-        writer.writeheader()
-        for o in outcomes:
-            writer.writerow({"scan_id": o.task.scan_id, "file_id": o.task.ref.file_id,
-                             "path": o.path, "bytes": o.size if not o.error else "",
-                             "sha256": o.sha256, "status": "failed" if o.error else "ok",
-                             "error": o.error or ""})
-        writer.writerows({"scan_id": scan_id, "status": "failed", "error": error}
-                         for scan_id, error in not_found.items())
+def _rows(outcomes: list[FileOutcome], missing: dict[int, str]) -> list[ManifestRow]:
+    rows = [ManifestRow(o.task.scan_id, o.task.ref.file_id, o.path,
+                        o.size if not o.error else None, o.sha256, o.error)
+            for o in outcomes]
+    rows += [ManifestRow(scan_id, None, "", None, "", error)
+             for scan_id, error in missing.items()]
+    return rows

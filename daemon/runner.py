@@ -131,7 +131,8 @@ class Runner:
 
         return RunContext(run_id=run_dir.name, run_dir=run_dir, request=request,
                           config=self.config, instance=self.instances.get,
-                          checkpoint=checkpoint, log=log, stop=self.stop, progress=progress)
+                          checkpoint=checkpoint, log=log, stop=self.stop, progress=progress,
+                          update=state.update)
 
     def _create_run_dir(self, claimed: Claimed, request: Request, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,8 @@ class Runner:
         failed = [{"scan_id": i.scan_id, "error": i.error, "transient": i.transient}
                   for i in result.failed]
         counts = {**result.counts, "items": result.total, "failed": len(failed)}
-        state.finish(status, counts=counts, errors=problems + [
+        state.finish(status, counts=counts, **result.extra, extra_keys=sorted(result.extra),
+                     errors=problems + [
             f"scan {f['scan_id']}: {f['error']}" for f in failed][:MAX_ERRORS_IN_RUN_JSON],
             result={"failed": failed, "problems": problems,
                     "transient": transient or (bool(failed) and all(
@@ -164,7 +166,8 @@ class Runner:
                   "counts": data.get("counts", {}), "problems": problems, "failed": failed,
                   "transient": data["result"]["transient"], "attempt": request.attempt,
                   "run_dir": f"runs/{data['run_id']}", "started_at": data.get("started_at"),
-                  "finished_at": data.get("finished_at")}
+                  "finished_at": data.get("finished_at"),
+                  **{key: data[key] for key in data.get("extra_keys", [])}}
         ok = status is RunStatus.DONE
         retry = _retry_request(request, data["run_id"], failed) if failed else None
         text = None if ok else _error_text(claimed.name, status, problems, failed, retry)

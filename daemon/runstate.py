@@ -53,6 +53,11 @@ class RunState:
             if time.monotonic() - self._last_write >= MIN_INTERVAL or done == total:
                 self._write()
 
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.data.update(fields)
+            self._write()
+
     def interrupted(self) -> None:
         with self._lock:
             self.data["interrupted_at"] = now_iso()

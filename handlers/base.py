@@ -45,6 +45,8 @@ class HandlerResult:
     counts: dict[str, Any] = field(default_factory=dict)
     failed: list[ItemResult] = field(default_factory=list)
     succeeded: int = 0  # ok or skipped
+    # Action-specific sections for run.json and result.json, e.g. {"analysis": {...}}.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, item: ItemResult) -> None:
         if item.status is ItemStatus.FAILED:
@@ -74,6 +76,9 @@ class RunContext:
     log: Any  # a loguru logger bound to this run
     stop: threading.Event
     progress: Progress
+    # Merge fields into run.json now, e.g. update(status="waiting") while a copy waits
+    # for the target to process its scans, then update(status="running").
+    update: Callable[..., None]
 
     def check_stop(self) -> None:
         """Raise ``Interrupted`` if the daemon is stopping (call between items)."""

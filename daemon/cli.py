@@ -30,8 +30,8 @@ from daemon.runstate import RunState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scanrelay: copy, download and compare shelf scans from request files.")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # no wrapping: output is also read by scripts
+err = Console(stderr=True, soft_wrap=True)
 ConfigOpt = Annotated[str | None, typer.Option("-c", "--config", help="config file "
                       "(default: $SCANRELAY_CONFIG or ./config.yml)")]
 EXIT = {RunStatus.DONE: 0, RunStatus.PARTIAL: 1, RunStatus.FAILED: 1, RunStatus.INVALID: 2,
@@ -198,6 +198,32 @@ def _ids(ids: str | None, ids_file: Path | None, cfg: Config) -> dict[str, Any]:
     if bad:
         raise RequestError([f"--ids: {bad[0]!r} is not a scan ID; use e.g. --ids 1,2,3"])
     return {"scan_ids": [int(p) for p in parts]}
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False,
+           config: ConfigOpt = None) -> None:
+    """Daemon state: up/down, inbox depth, in-flight runs with progress, last results."""
+    from daemon.status import collect
+
+    data = collect(_config(config))
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    daemon = data["daemon"]
+    console.print(f"daemon: {'[green]up[/green]' if daemon['up'] else '[red]down[/red]'}"
+                  + (f" (pid {daemon['pid']})" if daemon.get("pid") else ""))
+    inbox = data["inbox"]
+    age = f", oldest {inbox['oldest_age_seconds']} s" if inbox["oldest_age_seconds"] else ""
+    console.print(f"inbox: {inbox['waiting']} waiting{age}")
+    for run in data["in_flight"]:
+        progress = run.get("progress") or {}
+        done = f" {progress.get('done')}/{progress.get('total')}" if progress else ""
+        console.print(f"  {run['status']:<8} {run['run_id'] or '-'} {run['request']}{done}",
+                      markup=False)
+    for result in data["last_results"]:
+        console.print(f"  last: {result['status']:<8} {result['run_id'] or '-'} "
+                      f"{result['request']}", markup=False)
 
 
 @app.command()

@@ -11,9 +11,8 @@ class Notifier:
     """Sends READY/STATUS/WATCHDOG/STOPPING when run under systemd; silent otherwise."""
 
     def __init__(self) -> None:
+        # The service pings every second, well inside any sensible WatchdogSec=.
         self._address = os.environ.get("NOTIFY_SOCKET")
-        usec = os.environ.get("WATCHDOG_USEC")
-        self.watchdog_interval = int(usec) / 2e6 if usec and usec.isdigit() else None
 
     def send(self, *fields: str) -> None:
         if not self._address:

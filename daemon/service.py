@@ -24,6 +24,7 @@ from loguru import logger
 
 from daemon import retry
 from daemon.config import Config
+from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
 from daemon.intake.watcher import InboxWatcher, PathQueue
@@ -32,6 +33,7 @@ from daemon.ledger import Ledger
 from daemon.notify import Notifier
 from daemon.outcomes import RunStatus
 from daemon.runner import Runner, refuse
+from daemon.status import heartbeat_path
 
 TICK = 0.05  # seconds the main loop waits for a path before doing its rounds
 STOP_DEADLINE = 8.0  # seconds in-flight runs get to checkpoint on shutdown (SPEC: < 10)
@@ -52,6 +54,7 @@ class Service:
         self.pool = ThreadPoolExecutor(config.runs.max_parallel, thread_name_prefix="run")
         self.notifier = Notifier()
         self.profiles = set(config.profiles)
+        self.started_at = time.time()
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
@@ -126,6 +129,11 @@ class Service:
                 logger.opt(exception=error).error("runner crashed on {}", claimed.name)
 
     def _ping(self) -> None:
+        """Once a second: the heartbeat file for ``scanrelay status``, and the systemd
+        watchdog, which is fed only while the watcher is alive."""
+        write_json(heartbeat_path(self.layout), {
+            "pid": os.getpid(), "started_at": self.started_at, "heartbeat": time.time(),
+            "mode": self.config.intake.mode, "queued": len(self.in_flight)})
         if self.watcher.alive():
             self.notifier.send("WATCHDOG=1", self._status_line())
 
@@ -161,4 +169,5 @@ class Service:
             os._exit(0)
         self.instances.close()
         self.ledger.close()
+        heartbeat_path(self.layout).unlink(missing_ok=True)
         logger.info("scanrelay stopped")

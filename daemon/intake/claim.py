@@ -126,14 +126,14 @@ def inbox_path(claimed: Claimed, layout: Layout) -> Path:
     return folder / claimed.name
 
 
-def pending_claims(layout: Layout) -> list[Claimed]:
-    """Requests left in ``processing/`` (by a crash or a stop), oldest first. A claim
-    that crashed between link and unlink still has its inbox name: that name is
-    removed, so the request is resumed once and not claimed again."""
+def pending_claims(layout: Layout, *, repair: bool = True) -> list[Claimed]:
+    """Requests in ``processing/``, oldest first. At start (``repair``), a claim that
+    crashed between link and unlink still has its inbox name: that name is removed, so
+    the request is resumed once and not claimed again."""
     found = (Claimed.from_path(p) for p in layout.processing.iterdir()
              if not is_ignored_name(p.name))
     claims = sorted((c for c in found if c is not None), key=lambda c: c.claim_id)
-    for claimed in claims:
+    for claimed in claims if repair else []:
         original = inbox_path(claimed, layout)
         with contextlib.suppress(OSError):
             if os.path.samestat(original.lstat(), claimed.path.lstat()):

@@ -1,0 +1,92 @@
+"""``scanrelay status``: what the daemon is doing, read from files any user can see.
+
+The service rewrites ``state/daemon.json`` (pid, start, heartbeat) every second from
+its main loop; the daemon counts as up while that pid lives and the heartbeat is fresh.
+Everything else comes from the folders, the run folders and the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Config
+from daemon.intake.claim import pending_claims
+from daemon.intake.watcher import list_inbox
+from daemon.layout import Layout
+from daemon.ledger import Ledger
+from daemon.runstate import RunState
+
+HEARTBEAT_FILE = "daemon.json"
+STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is hung or gone
+
+
+def heartbeat_path(layout: Layout) -> Path:
+    return layout.state / HEARTBEAT_FILE
+
+
+def collect(config: Config) -> dict[str, Any]:
+    layout = Layout(config.root)
+    now = time.time()
+    waiting = [(p, st) for p, st in list_inbox(layout.inbox) if p.is_file()]
+    status: dict[str, Any] = {
+        "daemon": _daemon(layout, now),
+        "inbox": {"waiting": len(waiting),
+                  "oldest_age_seconds": round(now - min(st.st_mtime for _, st in waiting), 1)
+                  if waiting else None},
+        "in_flight": _in_flight(layout),
+        "last_results": _last_results(layout),
+    }
+    return status
+
+
+def _daemon(layout: Layout, now: float) -> dict[str, Any]:
+    try:
+        beat = json.loads(heartbeat_path(layout).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"up": False}
+    alive = _pid_alive(int(beat.get("pid", 0)))
+    fresh = now - float(beat.get("heartbeat", 0)) < STALE_AFTER
+    return {**beat, "up": alive and fresh}
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by the service user
+    return True
+
+
+def _in_flight(layout: Layout) -> list[dict[str, Any]]:
+    out = []
+    for claimed in pending_claims(layout, repair=False) if layout.processing.exists() else []:
+        stamp, hex6 = claimed.claim_id.rsplit("-", 1)
+        run_dirs = sorted(layout.runs.glob(f"{stamp}-*-{hex6}"))
+        data = RunState.load(run_dirs[0]) if run_dirs else None
+        out.append({"request": claimed.name, "profile": claimed.profile,
+                    "run_id": data.get("run_id") if data else None,
+                    "status": data.get("status") if data else "queued",
+                    "label": data.get("label") if data else None,
+                    "progress": data.get("progress") if data else None})
+    return out
+
+
+def _last_results(layout: Layout, limit: int = 5) -> list[dict[str, Any]]:
+    path = layout.state / "ledger.sqlite"
+    if not path.exists():
+        return []
+    ledger = Ledger(path)
+    try:
+        return [{"run_id": r.run_id, "request": r.name, "status": r.status,
+                 "finished_at": r.finished_at, "counts": r.counts}
+                for r in ledger.recent(limit) if r.finished_at]
+    finally:
+        ledger.close()

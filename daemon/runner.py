@@ -10,12 +10,13 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
-from daemon import logs
+from daemon import logs, metrics
 from daemon.checkpoint import Checkpoint
 from daemon.config import Config
 from daemon.errors import FatalError, Interrupted, RequestError, TransientError
@@ -175,6 +176,8 @@ class Runner:
         final = settle(claimed.path, folder, claimed.name, Sidecars(result, text, retry))
         self.ledger.finished(claimed.claim_id, status.value, final,
                              problems[0] if problems else None, data.get("counts", {}))
+        metrics.record_run(request.action, status.value, data.get("counts", {}),
+                           _seconds(data.get("started_at"), data.get("finished_at")))
         logger.bind(run=data["run_id"]).info("request {} → {}/{}", claimed.name,
                                              folder.name, final.name)
         return status
@@ -187,6 +190,7 @@ class Runner:
         final = settle(claimed.path, self.layout.failed, claimed.name,
                        Sidecars(result, text, None))
         self.ledger.finished(claimed.claim_id, RunStatus.INVALID.value, final, problems[0], {})
+        metrics.record_run(None, RunStatus.INVALID.value, {}, None)
         return RunStatus.INVALID
 
 
@@ -199,8 +203,15 @@ def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: st
     ledger.claimed(claim_id, path.name, None)
     final = settle(path, layout.failed, path.name, Sidecars(result, text, None))
     ledger.finished(claim_id, RunStatus.INVALID.value, final, reason, {})
+    metrics.record_run(None, RunStatus.INVALID.value, {}, None)
     logger.warning("refused {}: {}", path.name, reason)
     return final
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 def _status_of(result: HandlerResult) -> RunStatus:

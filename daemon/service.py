@@ -22,12 +22,12 @@ from types import FrameType
 
 from loguru import logger
 
-from daemon import retry
+from daemon import metrics, retention, retry
 from daemon.config import Config
 from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
-from daemon.intake.watcher import InboxWatcher, PathQueue
+from daemon.intake.watcher import InboxWatcher, PathQueue, list_inbox
 from daemon.layout import Layout
 from daemon.ledger import Ledger
 from daemon.notify import Notifier
@@ -36,6 +36,7 @@ from daemon.runner import Runner, refuse
 from daemon.status import heartbeat_path
 
 TICK = 0.05  # seconds the main loop waits for a path before doing its rounds
+PRUNE_INTERVAL = 3600.0  # seconds between retention sweeps (the first one at start)
 STOP_DEADLINE = 8.0  # seconds in-flight runs get to checkpoint on shutdown (SPEC: < 10)
 
 
@@ -67,6 +68,8 @@ class Service:
         for claimed in resumes:
             self._submit(claimed)
         self.watcher.start()
+        if self.config.metrics.listen:
+            metrics.serve(self.config.metrics.listen)
         logger.info("scanrelay watching {} ({} mode, {} parallel runs)", self.layout.inbox,
                     self.config.intake.mode, self.config.runs.max_parallel)
         self.notifier.send("READY=1", self._status_line())
@@ -77,15 +80,19 @@ class Service:
         return 0
 
     def _loop(self) -> None:
-        last_ping = 0.0
+        last_ping = last_prune = 0.0
         while not self.stop.is_set():
             self._drain(TICK)
             self.watcher.tick()
             self._reap()
             self._dispatch()
-            if time.monotonic() - last_ping >= 1.0:
-                last_ping = time.monotonic()
+            now = time.monotonic()
+            if now - last_ping >= 1.0:
+                last_ping = now
                 self._ping()
+            if self.config.retention.days and now - last_prune >= PRUNE_INTERVAL:
+                last_prune = now
+                retention.prune(self.layout, self.config.retention.days)
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -134,6 +141,10 @@ class Service:
         write_json(heartbeat_path(self.layout), {
             "pid": os.getpid(), "started_at": self.started_at, "heartbeat": time.time(),
             "mode": self.config.intake.mode, "queued": len(self.in_flight)})
+        if self.config.metrics.listen:
+            waiting = [st.st_mtime for _, st in list_inbox(self.layout.inbox)]
+            oldest = time.time() - min(waiting) if waiting else 0.0
+            metrics.set_queue(len(waiting), oldest, len(self.in_flight))
         if self.watcher.alive():
             self.notifier.send("WATCHDOG=1", self._status_line())
 

@@ -1,0 +1,58 @@
+"""Optional Prometheus metrics (``metrics.listen: "127.0.0.1:9464"``).
+
+Counters are fed where things happen (the runner records each run's outcome, the retry
+policy reports each retry); gauges are set by the service's main loop once a second.
+With no ``listen`` configured nothing is served, and updating costs next to nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from daemon import retry
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REQUESTS = Counter("scanrelay_requests", "Requests settled, by outcome", ["outcome"],
+                   registry=REGISTRY)
+SCANS = Counter("scanrelay_scans", "Scans processed, by action and outcome",
+                ["action", "outcome"], registry=REGISTRY)
+BYTES = Counter("scanrelay_bytes", "Bytes moved, by action", ["action"], registry=REGISTRY)
+RETRIES = Counter("scanrelay_retries", "Retries of transient failures, by cause", ["cause"],
+                  registry=REGISTRY)
+INBOX_DEPTH = Gauge("scanrelay_inbox_depth", "Request files waiting in the inbox",
+                    registry=REGISTRY)
+OLDEST_WAITING = Gauge("scanrelay_oldest_waiting_seconds",
+                       "Age of the oldest request waiting in the inbox", registry=REGISTRY)
+IN_FLIGHT = Gauge("scanrelay_requests_in_flight", "Requests claimed and not yet settled",
+                  registry=REGISTRY)
+RUN_SECONDS = Histogram("scanrelay_run_duration_seconds", "Run durations, by action",
+                        ["action"], registry=REGISTRY,
+                        buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600))
+
+
+def serve(listen: str) -> None:
+    """Serve ``/metrics`` on ``host:port`` (a daemon thread of prometheus_client)."""
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY)
+    retry.RETRY_HOOKS.append(lambda event: RETRIES.labels(event.cause).inc())
+
+
+def record_run(action: str | None, status: str, counts: dict[str, Any],
+               seconds: float | None) -> None:
+    REQUESTS.labels(status).inc()
+    if action is None:
+        return
+    failed = int(counts.get("failed", 0))
+    SCANS.labels(action, "failed").inc(failed)
+    SCANS.labels(action, "ok").inc(max(0, int(counts.get("items", 0)) - failed))
+    BYTES.labels(action).inc(int(counts.get("bytes", 0)))
+    if seconds is not None:
+        RUN_SECONDS.labels(action).observe(seconds)
+
+
+def set_queue(depth: int, oldest_seconds: float, in_flight: int) -> None:
+    INBOX_DEPTH.set(depth)
+    OLDEST_WAITING.set(oldest_seconds)
+    IN_FLIGHT.set(in_flight)

@@ -201,6 +201,40 @@ def _ids(ids: str | None, ids_file: Path | None, cfg: Config) -> dict[str, Any]:
 
 
 @app.command()
+def new(config: ConfigOpt = None) -> None:
+    """Interactive wizard: answer a few questions, get a request file in the inbox."""
+    from daemon.wizard import Wizard
+
+    try:
+        path = Wizard(_config(config), console).run()
+    except (RequestError, EOFError, KeyboardInterrupt):
+        err.print("no request written")
+        raise typer.Exit(2) from None
+    print(path)
+
+
+@app.command()
+def retry(run_id: str, config: ConfigOpt = None) -> None:
+    """Drop a new request covering only what failed in RUN_ID; print its path."""
+    from daemon.submit import drop_request
+
+    cfg = _config(config)
+    layout = Layout(cfg.root)
+    record = Ledger(layout.ensure().state / "ledger.sqlite").get(run_id)
+    sidecar = Path(f"{record.final_path}.retry.json") if record and record.final_path else None
+    if sidecar is None or not sidecar.exists():
+        err.print(f"{run_id}: no failed scans to retry (no retry.json for this run)")
+        raise typer.Exit(1)
+    raw = json.loads(sidecar.read_text(encoding="utf-8"))
+    try:
+        path = drop_request(cfg, raw, stem=f"retry-{run_id}")
+    except RequestError as exc:
+        err.print(f"the retry request is no longer valid: {exc}")
+        raise typer.Exit(2) from None
+    print(path)
+
+
+@app.command()
 def status(as_json: Annotated[bool, typer.Option("--json")] = False,
            config: ConfigOpt = None) -> None:
     """Daemon state: up/down, inbox depth, in-flight runs with progress, last results."""

@@ -93,3 +93,46 @@ def test_demo_run_processes_the_sample(tmp_path: Path) -> None:
     run_dir = next((root / "runs").iterdir())
     assert len(list((run_dir / "images").iterdir())) >= 12
     assert (run_dir / "manifest.csv").exists()
+
+
+def test_wizard_answers_make_a_request_the_daemon_runs(tmp_path: Path) -> None:
+    root = make_root(tmp_path, log={"level": "INFO"})
+    answers = "download\ndemo-source\n1001, 1002\n1003\n\nwizard test\n"
+    with DaemonProcess(root):
+        out = subprocess.run([sys.executable, "-m", "daemon", "new", "-c",
+                              str(root / "config.yml")], cwd=root, input=answers,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        path = Path(out.stdout.strip().splitlines()[-1])
+        assert path.parent == root / "inbox"
+        folder, result = wait_settled(root, [path.name], timeout=20)[path.name]
+    assert folder == "done" and result["label"] == "wizard test"
+    request = json.loads((root / result["run_dir"] / "request.json").read_text())
+    assert request["scan_ids"] == [1001, 1002, 1003]
+    assert "password" not in out.stdout.lower()
+
+
+def test_wizard_reports_invalid_answers(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    answers = "download\ndemo-source\n1001 x7\n\nlabel\nn\n"
+    out = subprocess.run([sys.executable, "-m", "daemon", "new", "-c",
+                          str(root / "config.yml")], cwd=root, input=answers,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "scan_ids[1]" in out.stdout
+    assert list((root / "inbox").glob("*.json")) == []
+
+
+def test_retry_drops_only_the_failed_scans(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    request = tmp_path / "r.csv"
+    request.write_text("scan_id\n1001\n777777\n1002\n888888\n")
+    assert cli(root, "once", str(request)).returncode == 1
+    run_id = json.loads(cli(root, "runs", "--json").stdout)[0]["run_id"]
+    out = cli(root, "retry", run_id)
+    assert out.returncode == 0, out.stderr
+    dropped = json.loads(Path(out.stdout.strip()).read_text())
+    assert dropped["scan_ids"] == [777777, 888888]
+    assert dropped["retry_of"] == run_id and dropped["attempt"] == 2
+    good = cli(root, "once", str(tmp_path / "missing.csv"))
+    assert good.returncode == 2

@@ -120,6 +120,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = _next_free(root, "daemon-{}.log")
         self.returncode: int | None = None
+        self.stop_seconds: float | None = None  # how long the last stop() took
 
     def __enter__(self) -> DaemonProcess:
         self.start()

@@ -40,6 +40,7 @@ from daemon.request import build_request
 MAX_BYTES = 20_000  # limits.max_request_bytes of this module's daemon
 MAX_SCANS = 40  # limits.max_scans
 SETTLE_TIMEOUT = 45.0
+SETTLE_SECONDS = 1.0  # intake.settle_seconds: the rescan takes a path unchanged this long
 
 
 def j(obj: Any) -> str:
@@ -166,6 +167,8 @@ CASES: list[Case] = [
     Case("tab.csv", "note\tscan_id\nfirst\t1005\nsecond\t1006\n", "done", scans=2),
     Case("alias.csv", "Source_Scan_ID,Comment\n1007,x\n1008,y\n", "done", scans=2),
     Case("in_profile.csv", "scan_id\n1009\n", "done", where="demo-download", scans=1),
+    Case("plus+sign+name.csv", "scan_id\n1003\n", "done", scans=1),
+    Case("données du 1er mai.csv", "scan_id\n1004\n", "done", scans=1),
     # --- XLSX and other types ------------------------------------------------------------
     Case("no_scan_col.xlsx", xlsx([["store", "date"], [101, "2025-01-01"]]), "failed",
          ("row 1: no scan_id column in the header (found 'store', 'date')",
@@ -246,7 +249,8 @@ class Corpus:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     tmp = tmp_path_factory.mktemp("corpus")
-    root = make_root(tmp, limits={"max_request_bytes": MAX_BYTES, "max_scans": MAX_SCANS})
+    root = make_root(tmp, limits={"max_request_bytes": MAX_BYTES, "max_scans": MAX_SCANS},
+                     intake={"settle_seconds": SETTLE_SECONDS})
     outside = tmp / "outside"
     outside.mkdir()
     with DaemonProcess(root) as daemon:
@@ -256,10 +260,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
             path = inbox / name
             path.write_bytes(b"scan_id\n1001\n")
             ignored[name] = (path.read_bytes(), path.stat().st_mtime_ns)
-        (inbox / "demo-download" / HOLDER).mkdir()
-        time.sleep(0.3)  # let the observer add its watch on the new folder
         started = time.monotonic()
-        for case in CASES:
+        # deep.json first: its folder must not stay unchanged for settle_seconds before
+        # it arrives (or the folder is refused as a whole, with deep.json inside).
+        (inbox / "demo-download" / HOLDER).mkdir()
+        time.sleep(0.2)  # let the observer add its watch on the new folder
+        cases = sorted(CASES, key=lambda c: HOLDER not in c.where)
+        for case in cases:
             _place(inbox, case, outside)
         good = [c.name for c in CASES if not c.xfail]
         results = wait_settled(root, good, SETTLE_TIMEOUT)
@@ -294,6 +301,8 @@ def test_corpus_case(corpus: Corpus, case: Case) -> None:
     assert folder == case.folder, result
     assert result["status"] == case.expected_status, result
     assert result["request"] == case.name
+    if case.where == "demo-download" and case.kind == "file":
+        assert result["profile"] == "demo-download"
     text = error_text(corpus.root, folder, case.name)
     if folder == "done":
         assert text == ""
@@ -370,7 +379,7 @@ def test_refused_files_are_moved_not_followed(corpus: Corpus) -> None:
 @pytest.mark.slow
 def test_ignored_names_stay_untouched(corpus: Corpus) -> None:
     # Long enough for several rescans and the settle time after every drop.
-    time.sleep(max(0.0, corpus.dropped_at + 2.0 - time.monotonic()))
+    time.sleep(max(0.0, corpus.dropped_at + SETTLE_SECONDS + 1.0 - time.monotonic()))
     inbox = corpus.root / "inbox"
     for name, (content, mtime_ns) in corpus.ignored.items():
         path = inbox / name
@@ -384,7 +393,7 @@ def test_ignored_names_stay_untouched(corpus: Corpus) -> None:
 @pytest.mark.slow
 def test_corpus_settles_quickly(corpus: Corpus) -> None:
     # Every file needed at most an event or a rescan plus the settle time.
-    assert corpus.seconds < 15, f"the corpus took {corpus.seconds:.1f} s"
+    assert corpus.seconds < 30, f"the corpus took {corpus.seconds:.1f} s"
 
 
 def _write_slowly(path: Path, lines: list[str], pause: float,
@@ -409,7 +418,7 @@ def test_file_being_written_is_taken_only_after_close(corpus: Corpus) -> None:
         assert path.exists(), "taken while still open for writing"
         assert settled(corpus.root, "slow.csv") is None
 
-    # 12 writes 0.3 s apart: 3.6 s open, longer than settle_seconds (0.5 s) in total.
+    # 12 writes 0.3 s apart: 3.6 s open, longer than settle_seconds in total.
     _write_slowly(path, [f"{i}\n" for i in ids], 0.3, still_in_inbox)
     folder, result = wait_settled(corpus.root, ["slow.csv"], 15)["slow.csv"]
     assert (folder, result["status"]) == ("done", "done"), result
@@ -427,11 +436,25 @@ def test_writer_pausing_with_file_open_is_not_taken(corpus: Corpus) -> None:
         with path.open("w", encoding="utf-8") as f:
             f.write("scan_id\n1001\n")
             f.flush()
-            time.sleep(2.0)  # e.g. a script querying for the next IDs
+            time.sleep(SETTLE_SECONDS + 1.0)  # e.g. a script querying for the next IDs
             assert path.exists(), "taken while still open for writing"
             f.write("1002\n")
     finally:
         wait_settled(corpus.root, ["paused.csv"], 15)
+
+
+@pytest.mark.slow
+def test_same_name_again_gets_a_suffix(corpus: Corpus) -> None:
+    inbox, done = corpus.root / "inbox", corpus.root / "done"
+    drop(inbox, "again.csv", "scan_id\n1001\n")
+    first = wait_settled(corpus.root, ["again.csv"], 15)["again.csv"]
+    drop(inbox, "again.csv", "scan_id\n1002\n")
+    second = wait_settled(corpus.root, ["again-2.csv"], 15)["again-2.csv"]
+    assert first[0] == second[0] == "done"
+    assert (done / "again.csv").read_text() == "scan_id\n1001\n"  # not overwritten
+    assert (done / "again-2.csv").read_text() == "scan_id\n1002\n"
+    assert first[1]["run_id"] != second[1]["run_id"]
+    assert second[1]["request"] == "again.csv"  # the name as dropped
 
 
 @pytest.mark.slow

@@ -113,9 +113,10 @@ def validate(files: Annotated[list[Path] | None, typer.Argument()] = None,
         profile = profile_of(resolved, inbox) if resolved.is_relative_to(inbox) else None
         try:
             request = parse_request(file, cfg, folder_profile=profile)
-        except (RequestError, OSError) as exc:
+        except Exception as exc:  # every file gets its verdict, whatever went wrong
             bad += 1
-            problems = exc.problems if isinstance(exc, RequestError) else [str(exc)]
+            problems = exc.problems if isinstance(exc, RequestError) else [
+                f"file: could not be read ({type(exc).__name__}: {exc})"]
             err.print(f"{file}: invalid")
             for problem in problems:
                 err.print(f"  - {problem}", markup=False)
@@ -258,6 +259,27 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
     for result in data["last_results"]:
         console.print(f"  last: {result['status']:<8} {result['run_id'] or '-'} "
                       f"{result['request']}", markup=False)
+    for job in data.get("schedules", [])[:3]:
+        console.print(f"  next: {job['next_fire']} {job['job']}"
+                      + (" (overdue)" if job["overdue"] else ""), markup=False)
+
+
+@app.command()
+def schedules(as_json: Annotated[bool, typer.Option("--json")] = False,
+              config: ConfigOpt = None) -> None:
+    """Configured schedules and the rerun window: next fire, last fire and its outcome."""
+    from daemon.schedule.report import schedule_rows
+
+    rows = schedule_rows(_config(config))
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    table = Table("job", "cron", "next fire", "last fire", "request", "outcome")
+    for r in rows:
+        table.add_row(r.job, f"{r.cron} ({r.timezone})",
+                      (r.next_fire or "never") + (" (overdue)" if r.overdue else ""),
+                      r.last_fire or "-", r.last_request or "-", r.outcome or "-")
+    console.print(table if rows else "no schedules or reruns configured")
 
 
 @app.command()
@@ -302,6 +324,11 @@ def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
             console.print(f"{key:>12}: {data[key]}", markup=False)
     for key, value in (data.get("counts") or {}).items():
         console.print(f"{key:>12}: {value}", markup=False)
+    analysis = data.get("analysis")  # analyze runs, and copy runs with analyze: true
+    if isinstance(analysis, dict):
+        console.print(f"{'analysis':>12}: {analysis.get('status')}", markup=False)
+        for comment, count in (analysis.get("counts") or {}).items():
+            console.print(f"{count:>12}  {comment}", markup=False)
     for error in (data.get("errors") or [])[:20]:
         console.print(f"       error: {error}", markup=False)
     if (layout.runs / run_id).is_dir():

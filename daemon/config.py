@@ -28,6 +28,7 @@ class FolderInstanceConfig(Model):
     kind: Literal["folder"]
     path: Path
     max_connections: int = Field(default=4, ge=1, le=64)
+    marker_field: str | None = "scanrelay_ref"  # as for platform: the copy target's marker
 
 
 class DbConfig(Model):
@@ -117,19 +118,43 @@ class RetentionConfig(Model):
 class CopyConfig(Model):
     wait_for_processing: float = Field(default=7200, ge=0)
     poll_interval: float = Field(default=30, gt=0)
+    # Pause before batch-level retry n of a copy batch: n x this many seconds.
+    batch_retry_pause: float = Field(default=10, ge=0)
+
+
+MISFIRE_GRACE = 6 * 3600  # seconds after its time a fire missed while down still runs
+
+
+def _check_cron(cron: str, timezone: str) -> None:
+    """Raises ``ValueError`` naming what is wrong with the cron or the time zone."""
+    from daemon.schedule.cron import cron_trigger  # late: APScheduler only when needed
+
+    cron_trigger(cron, timezone)
 
 
 class ScheduleConfig(Model):
     name: str = Field(pattern=NAME_PATTERN)
-    cron: str
+    cron: str  # 5 crontab fields, or 6 with seconds first (daemon/schedule/cron.py)
     timezone: str = "UTC"
     request: dict[str, Any]
+    misfire_grace: int = Field(default=MISFIRE_GRACE, ge=1)  # whole seconds (APScheduler)
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> ScheduleConfig:
+        _check_cron(self.cron, self.timezone)
+        return self
 
 
 class RerunsConfig(Model):
     cron: str = "30 1 * * *"
     max_attempts: int = Field(default=3, ge=1, le=100)
     timezone: str = "UTC"
+    misfire_grace: int = Field(default=MISFIRE_GRACE, ge=1)  # whole seconds (APScheduler)
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> RerunsConfig:
+        _check_cron(self.cron, self.timezone)
+        return self
 
 
 class Config(Model):
@@ -197,68 +222,109 @@ def parse_config(text: str, *, source: str = "config.yml", base_dir: Path = Path
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the top level must be a mapping of sections"])
-    problems = _literal_secrets(raw, (), lines)
+    secrets = _literal_secrets(raw, ())
+    problems = [_describe(loc, _literal_secret_hint(loc[-1]), lines) for loc in sorted(secrets)]
+    problems += _name_references(raw, lines)
     try:
         config = Config.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as exc:
-        problems += [_describe(err["loc"], err["msg"], lines) for err in exc.errors()]
+        problems += [_describe(err["loc"], err["msg"], lines) for err in exc.errors()
+                     if not (err["type"] == "extra_forbidden" and _plain(err["loc"]) in secrets)]
         raise ConfigError(source, problems) from None
-    problems += _cross_references(config, lines)
+    problems += _schedule_templates(config, lines)
     if problems:
         raise ConfigError(source, problems)
     return config
 
 
-def _cross_references(config: Config, lines: dict[tuple[str, ...], int]) -> list[str]:
-    """Checks pydantic cannot do alone: names that must refer to configured things."""
+def _name_references(raw: dict[str, Any], lines: dict[tuple[str, ...], int]) -> list[str]:
+    """Names that must refer to configured things. Checked on the raw document, so they
+    are reported together with schema problems (every problem at once)."""
     from daemon.request import ACTIONS, REQUEST_KEYS  # late: request imports config
 
+    instances, profiles = _section(raw, "instances"), _section(raw, "profiles")
     problems = []
-    for name, profile in config.profiles.items():
+    for name, profile in profiles.items():
         loc: tuple[str | int, ...] = ("profiles", name)
+        if not isinstance(profile, dict):
+            continue
         for key in profile:
             if key not in REQUEST_KEYS or key == "profile":
                 problems.append(_describe((*loc, key), "unknown request key", lines))
         for key in ("source", "target"):
-            if key in profile and profile[key] not in config.instances:
-                msg = f"unknown instance {profile[key]!r}; configured: {_names(config.instances)}"
+            if key in profile and profile[key] not in instances:
+                msg = f"unknown instance {profile[key]!r}; configured: {_names(instances)}"
                 problems.append(_describe((*loc, key), msg, lines))
         if "action" in profile and profile["action"] not in ACTIONS:
             msg = f"unknown action {profile['action']!r}; use one of {', '.join(ACTIONS)}"
             problems.append(_describe((*loc, "action"), msg, lines))
-    if config.defaults.profile and config.defaults.profile not in config.profiles:
-        msg = f"unknown profile {config.defaults.profile!r}; configured: {_names(config.profiles)}"
+    default = _section(raw, "defaults").get("profile")
+    if default is not None and default not in profiles:
+        msg = f"unknown profile {default!r}; configured: {_names(profiles)}"
         problems.append(_describe(("defaults", "profile"), msg, lines))
-    for i, schedule in enumerate(config.schedules):
-        prof = schedule.request.get("profile")
-        if prof is not None and prof not in config.profiles:
-            msg = f"unknown profile {prof!r}; configured: {_names(config.profiles)}"
+    schedules = raw.get("schedules") if isinstance(raw.get("schedules"), list) else []
+    for i, schedule in enumerate(schedules or []):
+        request = schedule.get("request") if isinstance(schedule, dict) else None
+        prof = request.get("profile") if isinstance(request, dict) else None
+        if prof is not None and prof not in profiles:
+            msg = f"unknown profile {prof!r}; configured: {_names(profiles)}"
             problems.append(_describe(("schedules", i, "request", "profile"), msg, lines))
     return problems
 
 
-def _literal_secrets(node: Any, loc: tuple[str | int, ...], lines: dict[tuple[str, ...], int]
-                     ) -> list[str]:
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _schedule_templates(config: Config, lines: dict[tuple[str, ...], int]) -> list[str]:
+    """A schedule's request must be valid as a dropped file would be (relative dates
+    resolve at each fire); an unknown profile is reported above already."""
+    from daemon.errors import RequestError  # late: request imports config
+    from daemon.request import build_request
+
     problems = []
+    for i, schedule in enumerate(config.schedules):
+        if schedule.request.get("profile", config.defaults.profile) not in (None,
+                                                                             *config.profiles):
+            continue
+        try:
+            build_request(schedule.request, config)
+        except RequestError as exc:
+            problems += [_describe(("schedules", i, "request"), p, lines) for p in exc.problems]
+    return problems
+
+
+def _literal_secret_hint(key: str) -> str:
+    return ("a literal secret is not allowed in the config; name an environment variable "
+            f"with {key}_env or a file with {key}_file")
+
+
+def _literal_secrets(node: Any, loc: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """Where the document holds a literal secret (a key like ``password`` with a value)."""
+    found: set[tuple[str, ...]] = set()
     if isinstance(node, dict):
         for key, value in node.items():
             here = (*loc, str(key))
             if isinstance(key, str) and SECRET_KEY.search(key) and value not in (None, ""):
-                problems.append(_describe(here, (
-                    "a literal secret is not allowed in the config; name an environment "
-                    f"variable with {key}_env or a file with {key}_file"), lines))
+                found.add(here)
             else:
-                problems += _literal_secrets(value, here, lines)
+                found |= _literal_secrets(value, here)
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            problems += _literal_secrets(item, (*loc, i), lines)
-    return problems
+            found |= _literal_secrets(item, (*loc, str(i)))
+    return found
+
+
+def _plain(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """A pydantic error location as a document path (union tags dropped)."""
+    return tuple(str(p) for p in loc if p not in ("folder", "platform"))
 
 
 def _describe(loc: tuple[Any, ...], msg: str, lines: dict[tuple[str, ...], int]) -> str:
-    parts = [str(p) for p in loc if p not in ("folder", "platform")]  # drop union tags
+    parts = _plain(loc)
     path = ".".join(parts) or "(top level)"
-    line = _nearest_line(tuple(parts), lines)
+    line = _nearest_line(parts, lines)
     where = f"line {line}: " if line else ""
     return f"{where}{path}: {msg}"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from daemon.errors import RequestError
 SCAN_COLUMNS = ("scan_id", "source_scan_id", "id")
 TARGET_COLUMNS = ("target_scan_id",)
 MAX_ROW_PROBLEMS = 20
+MAX_ID_DIGITS = 18  # IDs are 64-bit integers
 
 
 def read_request_file(path: Path, max_bytes: int) -> dict[str, Any]:
@@ -62,6 +62,9 @@ def read_json(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise RequestError([f"file: invalid JSON at line {exc.lineno}, column {exc.colno}: "
                             f"{exc.msg}"]) from None
+    except (RecursionError, ValueError) as exc:  # absurd nesting, numbers of 4,300+ digits
+        raise RequestError([f"file: JSON this deep or with numbers this long is not a "
+                            f"request ({type(exc).__name__}); list plain scan IDs"]) from None
     if not isinstance(raw, dict):
         raise RequestError([f"file: the JSON must be an object with keys like \"action\" "
                             f"and \"scan_ids\", not a {type(raw).__name__}"])
@@ -75,7 +78,11 @@ def read_csv(text: str) -> dict[str, Any]:
     except csv.Error:
         dialect = csv.excel
     rows = csv.reader(io.StringIO(text), dialect)
-    return table_to_request(enumerate(rows, start=1))
+    try:
+        return table_to_request(enumerate(rows, start=1))
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise RequestError([f"file: not a readable CSV ({exc}); save it as CSV with one "
+                            "scan ID per row"]) from None
 
 
 def read_xlsx(data: bytes) -> dict[str, Any]:
@@ -83,16 +90,24 @@ def read_xlsx(data: bytes) -> dict[str, Any]:
 
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise RequestError([f"file: not a valid XLSX workbook ({type(exc).__name__}); "
-                            "save it from Excel as .xlsx"]) from None
+    except Exception as exc:  # openpyxl raises many kinds on a broken file
+        raise _not_xlsx(exc) from None
     try:
         sheet = book.worksheets[0]
         rows = ((i, [_cell_text(c) for c in row])
                 for i, row in enumerate(sheet.iter_rows(values_only=True), start=1))
         return table_to_request(rows)
+    except RequestError:
+        raise
+    except Exception as exc:  # broken sheet XML surfaces only while reading rows
+        raise _not_xlsx(exc) from None
     finally:
         book.close()
+
+
+def _not_xlsx(exc: Exception) -> RequestError:
+    return RequestError([f"file: not a valid XLSX workbook ({type(exc).__name__}); "
+                         "save it from Excel as .xlsx"])
 
 
 def _cell_text(value: Any) -> str:
@@ -153,7 +168,8 @@ def _collect_ids(rows: Iterable[tuple[int, list[str]]], header: list[str], scan_
 
 def _id_at(row: list[str], col: int, n: int, name: str, problems: list[str]) -> int | None:
     text = row[col] if col < len(row) else ""
-    if text.isdigit() and int(text) > 0:
+    # ASCII digits only ('²' and '１' are digits to str.isdigit), and at most 18 of them.
+    if text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS and int(text) > 0:
         return int(text)
     shown = repr(text) if text else "an empty cell"
     problems.append(f"row {n}, column {name}: {shown} is not a scan ID; "

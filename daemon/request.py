@@ -88,7 +88,10 @@ def build_request(raw: Mapping[str, Any], config: Config, *, folder_profile: str
     try:
         request = Request.model_validate(merged)
     except ValidationError as exc:
-        raise RequestError([_explain(err) for err in exc.errors()]) from None
+        # Report what can be checked on the raw values too: every problem at once.
+        raise RequestError([_explain(err) for err in exc.errors()]
+                           + _instance_problems(merged, config)
+                           + _duplicates("scan_ids", merged.get("scan_ids"))) from None
     problems = _semantic_problems(request, config)
     if problems:
         raise RequestError(problems)
@@ -145,9 +148,14 @@ HINTS = {
 }
 
 
+SELECT_HINT = "remove it (allowed keys of select: " + ", ".join(SelectModel.model_fields) + ")"
+
+
 def _explain(err: Mapping[str, Any]) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
     hint = HINTS.get(err["type"], "")
+    if err["type"] == "extra_forbidden" and err["loc"][0] == "select":
+        hint = SELECT_HINT
     given = ""
     if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
         given = f" (got {_short(err['input'])})"
@@ -159,11 +167,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _instance_problems(raw: Mapping[str, Any], config: Config) -> list[str]:
+    configured = ", ".join(sorted(config.instances)) or "(none)"
+    return [f"{key}: unknown instance {raw[key]!r}; configured: {configured}"
+            for key in ("source", "target")
+            if isinstance(raw.get(key), str) and raw[key] not in config.instances]
+
+
 def _semantic_problems(r: Request, config: Config) -> list[str]:
-    problems = [f"{key}: unknown instance {name!r}; configured: "
-                f"{', '.join(sorted(config.instances)) or '(none)'}"
-                for key, name in (("source", r.source), ("target", r.target))
-                if name is not None and name not in config.instances]
+    problems = _instance_problems(r.model_dump(), config)
     problems += _needs(r)
     problems += _duplicates("scan_ids", r.scan_ids)
     problems += [f"{p}; IDs are positive whole numbers" for p in _non_positive(r)]
@@ -198,10 +210,12 @@ def _needs(r: Request) -> list[str]:
     return problems
 
 
-def _duplicates(field: str, ids: list[int]) -> list[str]:
+def _duplicates(field: str, ids: Any) -> list[str]:
     seen: dict[int, int] = {}
     problems = []
-    for i, scan_id in enumerate(ids):
+    for i, scan_id in enumerate(ids if isinstance(ids, list) else []):
+        if not isinstance(scan_id, int) or isinstance(scan_id, bool):
+            continue  # a type error, reported by validation
         if scan_id in seen:
             problems.append(f"{field}[{i}]: scan ID {scan_id} repeats {field}[{seen[scan_id]}]; "
                             "list each scan once")

@@ -56,6 +56,10 @@ class Runner:
         except RequestError as exc:
             log.warning("invalid request {}: {}", claimed.name, exc)
             return self._settle_invalid(claimed, exc.problems)
+        except Exception as exc:  # a reader bug must not strand the request in processing/
+            log.exception("cannot read request {}", claimed.name)
+            return self._settle_invalid(claimed, [
+                f"file: could not be read ({type(exc).__name__}: {exc}); check its format"])
         return self._run(claimed, request, run_dir)
 
     def _prepare(self, claimed: Claimed) -> tuple[Request, Path]:

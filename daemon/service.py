@@ -33,6 +33,7 @@ from daemon.ledger import Ledger
 from daemon.notify import Notifier
 from daemon.outcomes import RunStatus
 from daemon.runner import Runner, refuse
+from daemon.schedule.scheduler import Scheduler
 from daemon.status import heartbeat_path
 
 TICK = 0.05  # seconds the main loop waits for a path before doing its rounds
@@ -56,6 +57,7 @@ class Service:
         self.notifier = Notifier()
         self.profiles = set(config.profiles)
         self.started_at = time.time()
+        self.scheduler = Scheduler(config, self.layout, self.ledger, self.stop)
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
@@ -68,6 +70,7 @@ class Service:
         for claimed in resumes:
             self._submit(claimed)
         self.watcher.start()
+        self.scheduler.start()  # after the watcher: a catch-up fire is picked up at once
         if self.config.metrics.listen:
             metrics.serve(self.config.metrics.listen)
         logger.info("scanrelay watching {} ({} mode, {} parallel runs)", self.layout.inbox,
@@ -114,7 +117,15 @@ class Service:
                 for child in sorted(path.iterdir()):  # a profile folder moved in whole
                     self.pending.setdefault(child)
             return
-        reason = refusal(path, inbox, self.profiles, self.config.limits.max_request_bytes)
+        try:
+            self._take(path)
+        except OSError as exc:  # e.g. the file vanished mid-way: never stop the daemon
+            logger.warning("could not take {}: {}", path.relative_to(inbox), exc)
+
+    def _take(self, path: Path) -> None:
+        """Refuse what cannot be a request; claim and queue what can."""
+        reason = refusal(path, self.layout.inbox, self.profiles,
+                         self.config.limits.max_request_bytes)
         if reason is not None:
             refuse(path, self.layout, self.ledger, reason, new_claim_id())
             return
@@ -122,7 +133,8 @@ class Service:
             return  # gone (claimed already, or taken back by its owner)
         claimed = claim(path, self.layout)
         if claimed is not None:
-            logger.bind(run=claimed.claim_id).info("claimed {}", path.relative_to(inbox))
+            logger.bind(run=claimed.claim_id).info("claimed {}",
+                                                   path.relative_to(self.layout.inbox))
             self._submit(claimed)
 
     def _submit(self, claimed: Claimed) -> None:
@@ -164,6 +176,7 @@ class Service:
     def _shutdown(self) -> None:
         retry.STOPPING.set()  # retry waits end at once instead of sleeping out a backoff
         self.notifier.send("STOPPING=1")
+        self.scheduler.stop()  # no fire writes into an inbox nobody takes from
         self.watcher.stop()
         # Queued claims never start; they stay in processing/ and resume at next start.
         self.pool.shutdown(wait=False, cancel_futures=True)

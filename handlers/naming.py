@@ -31,9 +31,11 @@ def clean(part: str) -> str:
 def scan_stem(scan: Scan) -> str:
     details = scan.details
     section = clean(details.section_name) if details and details.section_name else ""
-    pog = details.store_planogram_id if details else None
-    parts = [str(scan.id)] + ([section] if section else []) + ([str(pog)] if pog else [])
-    return _fit("_".join(parts))
+    pog = f"_{details.store_planogram_id}" if details and details.store_planogram_id else ""
+    # Only the section is shortened to fit: the scan ID and the POG ID always stay.
+    room = MAX_NAME_BYTES - len(f"{scan.id}__{pog}_999".encode())
+    section = _fit(section, room)
+    return f"{scan.id}{'_' + section if section else ''}{pog}"
 
 
 def file_stems(scan: Scan) -> list[str]:
@@ -51,9 +53,9 @@ def extension(original_filename: str | None, head: bytes) -> str:
     return next((ext for magic, ext in MAGIC if head.startswith(magic)), "bin")
 
 
-def _fit(stem: str) -> str:
-    """Trim to ``MAX_NAME_BYTES`` of UTF-8 without cutting a character."""
-    data = stem.encode()
-    if len(data) <= MAX_NAME_BYTES:
-        return stem
-    return data[:MAX_NAME_BYTES].decode(errors="ignore").rstrip(" ._")
+def _fit(text: str, max_bytes: int) -> str:
+    """Trim to ``max_bytes`` of UTF-8 without cutting a character."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode(errors="ignore").rstrip(" ._")

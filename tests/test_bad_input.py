@@ -90,7 +90,6 @@ class Case:
     kind: str = "file"  # file | symlink | dir | fifo
     scans: int | None = None  # done: how many scans the run covered
     ran: bool = False  # invalid but only found out by running (a run folder exists)
-    xfail: str | None = None  # a known bug in code outside these tests
 
     @property
     def expected_status(self) -> str:
@@ -200,16 +199,12 @@ CASES: list[Case] = [
     Case("in_unknown_profile.json", j({**DL, "scan_ids": [1001]}), "failed",
          ("inbox/nope/ is not a configured profile", "use one of those folders"),
          where="nope"),
-    # --- known bugs (see the report): the reader crashes, the request is stuck ----------
-    Case("nested.json", "[" * 5000, "failed", ("file:",),
-         xfail="readers.read_json lets RecursionError escape: request stuck in processing/"),
-    Case("superscript.csv", "scan_id\n1001\n\u00b2\n", "failed", ("row 3",),
-         xfail="readers._id_at: '²'.isdigit() is True but int('²') raises ValueError"),
-    Case("long_number.csv", "scan_id\n" + "9" * 5000 + "\n", "failed", ("row 2",),
-         xfail="readers._id_at: int() of >4300 digits raises ValueError"),
+    # --- inputs that once crashed a reader: they must end in failed/ with a message ---
+    Case("nested.json", "[" * 5000, "failed", ("file:",)),
+    Case("superscript.csv", "scan_id\n1001\n\u00b2\n", "failed", ("row 3",)),
+    Case("long_number.csv", "scan_id\n" + "9" * 5000 + "\n", "failed", ("row 2",)),
     Case("broken_sheet.xlsx", xlsx_with_broken_sheet(), "failed",
-         ("not a valid XLSX workbook",),
-         xfail="readers.read_xlsx lets ParseError (broken sheet XML) escape"),
+         ("not a valid XLSX workbook",)),
 ]
 
 # SPEC §3: never requests; they stay in the inbox untouched.
@@ -268,12 +263,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
         cases = sorted(CASES, key=lambda c: HOLDER not in c.where)
         for case in cases:
             _place(inbox, case, outside)
-        good = [c.name for c in CASES if not c.xfail]
-        results = wait_settled(root, good, SETTLE_TIMEOUT)
+        results = wait_settled(root, [c.name for c in CASES], SETTLE_TIMEOUT)
         seconds = time.monotonic() - started
-        # The known-broken ones had as long as all the others; give them a moment more.
-        results |= wait_settled(root, [c.name for c in CASES if c.xfail], 2.0,
-                                missing_ok=True)
         yield Corpus(root, daemon, results, ignored, outside, started, seconds)
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
@@ -291,9 +282,7 @@ def _messages(result: dict[str, Any]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [
-    pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)]
-                 if c.xfail else []) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
 def test_corpus_case(corpus: Corpus, case: Case) -> None:
     assert case.name in corpus.results, (
         f"{case.name} did not settle; processing/: {listing(corpus.root / 'processing')}")
@@ -426,10 +415,6 @@ def test_file_being_written_is_taken_only_after_close(corpus: Corpus) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "intake/watcher.py: in events mode the periodic rescan takes a file that is still "
-    "open for writing once it has not changed for settle_seconds (SPEC §3: only once "
-    "completely written, i.e. close-after-write)"))
 def test_writer_pausing_with_file_open_is_not_taken(corpus: Corpus) -> None:
     path = corpus.root / "inbox" / "paused.csv"
     try:
@@ -466,16 +451,10 @@ def test_daemon_survives_and_serves_a_good_request_last(corpus: Corpus) -> None:
     assert result["counts"]["scans"] == 3
     assert corpus.daemon.alive()
     log = corpus.daemon.log_text()
-    # Only the known reader bugs may crash a runner (see the xfail cases).
     crashed = [line for line in log.splitlines() if "runner crashed on" in line]
-    known = {c.name for c in CASES if c.xfail}
-    assert all(any(k in line for k in known) for line in crashed), crashed
+    assert crashed == []
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "intake/claim.py refusal(): a path deeper than inbox/<profile>/ is refused without "
-    "checking it still exists; settle() then raises FileNotFoundError in the main loop, "
-    "which stops the daemon"))
 def test_vanished_deep_path_does_not_stop_intake(tmp_path: Path) -> None:
     from daemon.service import Service
 

@@ -124,10 +124,6 @@ schedules:
                for p in problems), problems
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.parse_config raises on the first pydantic ValidationError before "
-    "_cross_references runs, so a config with a schema error and a bad reference "
-    "reports only the schema error (SPEC §6: every problem at once)"))
 def test_schema_and_reference_problems_are_reported_together() -> None:
     problems = problems_of("defaults:\n  profile: nope\nruns:\n  max_parallel: 0\n")
     assert lines_of(problems) == [2, 4]
@@ -166,9 +162,6 @@ def test_literal_secret_is_an_error_naming_key_and_fix(text: str, key: str,
     assert not any("hunter2" in p or "abc123" in p for p in problems)  # never echo it
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.parse_config reports a literal secret twice: once as a literal secret and "
-    "once more as 'Extra inputs are not permitted' for the same key"))
 def test_literal_secret_is_reported_once() -> None:
     problems = problems_of("""\
 instances:
@@ -317,9 +310,6 @@ def test_validate_missing_config_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "readers.read_json lets RecursionError escape; validate catches only RequestError "
-    "and OSError, so it dies with a traceback instead of listing the problem"))
 def test_validate_reports_unreadable_request_without_traceback(site: Path) -> None:
     (site / "deep.json").write_text("[" * 5000)
     done = validate("deep.json", cwd=site)

@@ -234,20 +234,12 @@ def _broken_sheet() -> bytes:
 
 
 @pytest.mark.parametrize(("name", "data"), [
-    pytest.param("deep.json", b"[" * 5000, marks=pytest.mark.xfail(
-        strict=True, raises=RecursionError, reason="readers.read_json: RecursionError")),
-    pytest.param("bigint.json", b'{"scan_ids": [' + b"9" * 5000 + b"]}",
-                 marks=pytest.mark.xfail(strict=True, raises=ValueError,
-                                         reason="readers.read_json: int digits limit")),
-    pytest.param("sup.csv", "scan_id\n²\n".encode(), marks=pytest.mark.xfail(
-        strict=True, raises=ValueError, reason="readers._id_at: str.isdigit accepts '²'")),
-    pytest.param("long.csv", b"scan_id\n" + b"9" * 5000 + b"\n", marks=pytest.mark.xfail(
-        strict=True, raises=ValueError, reason="readers._id_at: int digits limit")),
-    pytest.param("field.csv", b'scan_id\n"' + b"x" * 200_000 + b'"\n',
-                 marks=pytest.mark.xfail(strict=True, reason="readers.read_csv: csv.Error "
-                                         "(field larger than field limit) escapes")),
-    pytest.param("sheet.xlsx", _broken_sheet(), marks=pytest.mark.xfail(
-        strict=True, reason="readers.read_xlsx: xml ParseError escapes")),
+    ("deep.json", b"[" * 5000),
+    ("bigint.json", b'{"scan_ids": [' + b"9" * 5000 + b"]}"),
+    ("sup.csv", "scan_id\n²\n".encode()),
+    ("long.csv", b"scan_id\n" + b"9" * 5000 + b"\n"),
+    ("field.csv", b'scan_id\n"' + b"x" * 200_000 + b'"\n'),
+    ("sheet.xlsx", _broken_sheet()),
     ("nul-late.csv", b"scan_id\n" + b"".join(b"%d\n" % i for i in range(1, 1500)) + b"\x00\n"),
     ("ctrl.json", b'{"scan_ids": [1], "label": "a\x01b"}'),
     ("half.json", b'{"scan_ids": [1, 2'),
@@ -409,10 +401,6 @@ def test_validation_messages(cfg: Config, raw: dict[str, Any], expected: str) ->
     assert expected in problems(exc)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "request.build_request stops at the first pydantic ValidationError, so semantic "
-    "problems (unknown instance, duplicates, what the action needs) of a file that also "
-    "has a type error or an unknown key are only reported on the next drop"))
 def test_type_and_semantic_problems_at_once(cfg: Config) -> None:
     raw = {**DL, "source": "prod", "scan_ids": [1, 1], "colour": "red"}
     with pytest.raises(RequestError) as exc:
@@ -459,9 +447,6 @@ def test_duplicate_reports_are_capped(cfg: Config) -> None:
     assert len(exc.value.problems) == 20
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "request.py HINTS['extra_forbidden'] always lists the top-level request keys, also "
-    "for an unknown key inside select (whose keys are store_id, captured_from, ...)"))
 def test_unknown_select_key_hint_lists_select_keys(cfg: Config) -> None:
     with pytest.raises(RequestError) as exc:
         build_request({**DL, "select": {"store": 8}}, cfg)

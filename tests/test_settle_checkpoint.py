@@ -326,9 +326,6 @@ def test_long_multibyte_name_is_cut_on_a_character_boundary() -> None:
     assert stem.encode().decode() == stem and stem.startswith("1001_é")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "handlers/naming._fit cuts the whole stem, so a long section name pushes the "
-    "store_pog_id off the end; it should shorten the section part and keep the POG"))
 def test_long_section_keeps_the_pog_id() -> None:
     stem = scan_stem(scan("x" * 500, 5000))
     assert stem.endswith("_5000") and len(stem.encode()) <= MAX_NAME_BYTES

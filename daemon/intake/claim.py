@@ -57,13 +57,12 @@ def profile_of(path: Path, inbox: Path) -> str | None:
 
 def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int) -> str | None:
     """Why ``path`` cannot be a request (it then goes to ``failed/``), or None."""
-    depth = len(path.relative_to(inbox).parts)
-    if depth > 2:
-        return "requests go in inbox/ or inbox/<profile>/, not deeper; move it up"
     try:
         info = path.lstat()
     except FileNotFoundError:
-        return None
+        return None  # gone meanwhile: nothing to refuse
+    if len(path.relative_to(inbox).parts) > 2:
+        return "requests go in inbox/ or inbox/<profile>/, not deeper; move it up"
     if stat.S_ISLNK(info.st_mode):
         return "a symbolic link is not accepted; copy the file itself into the inbox"
     if not stat.S_ISREG(info.st_mode):

@@ -1,7 +1,8 @@
 """Noticing request files. Dumb by design: it only puts paths on a queue.
 
 - events mode: a watchdog observer reports files closed after writing and files moved
-  in; a periodic rescan catches what events missed (taken once stable);
+  in; a periodic rescan catches what events missed (taken once stable, and never while
+  the observer saw the file open and not yet closed);
 - polling mode (network shares, where no events arrive): a listing every
   ``poll_interval``, a file taken once its size and mtime held still across two looks
   and it is at least ``settle_seconds`` old;
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,17 +26,56 @@ from daemon.config import IntakeConfig
 from daemon.fsutil import is_ignored_name
 
 PathQueue = queue.Queue[Path]
+OPEN_FILE_PATIENCE = 3600.0  # seconds: an open file this quiet lost its close event
+
+
+class OpenFiles:
+    """Files opened or written in the inbox and not yet closed: the rescan leaves them
+    alone, so a writer that pauses with its file open is never taken half-written."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Path, tuple[float, bool]] = {}  # path → (last event, written)
+
+    def opened(self, path: Path, written: bool) -> None:
+        with self._lock:
+            before = self._open.get(path, (0.0, False))[1]
+            self._open[path] = (time.time(), written or before)
+
+    def closed(self, path: Path, written: bool) -> None:
+        with self._lock:
+            if written or not self._open.get(path, (0.0, False))[1]:
+                self._open.pop(path, None)  # a reader closing leaves a writer's mark
+
+    def busy(self, path: Path) -> bool:
+        with self._lock:
+            last = self._open.get(path)
+            return last is not None and time.time() - last[0] < OPEN_FILE_PATIENCE
 
 
 class _Enqueue(FileSystemEventHandler):
-    """Watchdog callbacks: a path onto the queue, nothing else."""
+    """Watchdog callbacks: a path onto the queue (or a mark of an open file), nothing
+    else: no parsing, no I/O."""
 
-    def __init__(self, paths: PathQueue) -> None:
+    def __init__(self, paths: PathQueue, open_files: OpenFiles) -> None:
         self._paths = paths
+        self._open = open_files
+
+    def on_opened(self, event: FileSystemEvent) -> None:
+        self._open.opened(Path(os.fsdecode(event.src_path)), written=False)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._open.opened(Path(os.fsdecode(event.src_path)), written=True)
+
+    def on_closed_no_write(self, event: FileSystemEvent) -> None:
+        self._open.closed(Path(os.fsdecode(event.src_path)), written=False)
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
-            self._paths.put(Path(os.fsdecode(event.src_path)))
+            path = Path(os.fsdecode(event.src_path))
+            self._open.closed(path, written=True)
+            self._paths.put(path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
         self._paths.put(Path(os.fsdecode(event.dest_path)))
@@ -95,6 +136,7 @@ class InboxWatcher:
         self.intake = intake
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._stability = Stability(intake.settle_seconds)
+        self.open_files = OpenFiles()
         self._next_look = 0.0
         self.restarts = 0
 
@@ -109,7 +151,8 @@ class InboxWatcher:
 
     def _start_observer(self) -> None:
         observer = Observer()
-        observer.schedule(_Enqueue(self.paths), str(self.inbox), recursive=True)
+        observer.schedule(_Enqueue(self.paths, self.open_files), str(self.inbox),
+                          recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -135,7 +178,8 @@ class InboxWatcher:
             return
         interval = self.intake.rescan_interval if self.events else self.intake.poll_interval
         self._next_look = now + interval
-        for path in self._stability.ready(list(list_inbox(self.inbox))):
+        listing = [(p, st) for p, st in list_inbox(self.inbox) if not self.open_files.busy(p)]
+        for path in self._stability.ready(listing):
             self.paths.put(path)
 
     def stop(self) -> None:

@@ -156,6 +156,9 @@ def _explain(err: Mapping[str, Any]) -> str:
     hint = HINTS.get(err["type"], "")
     if err["type"] == "extra_forbidden" and err["loc"][0] == "select":
         hint = SELECT_HINT
+    if err["type"] == "string_pattern_mismatch" and err["loc"][0] in ("from_run", "retry_of"):
+        return f"{loc}: not a run ID (got {_short(err.get('input'))}); a run ID looks like " \
+               "20261121-231500-copy-3f9a1c (see scanrelay runs)"
     given = ""
     if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
         given = f" (got {_short(err['input'])})"

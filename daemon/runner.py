@@ -22,7 +22,7 @@ from daemon.config import Config
 from daemon.errors import FatalError, Interrupted, RequestError, TransientError
 from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
-from daemon.intake.claim import Claimed
+from daemon.intake.claim import Claimed, profile_of
 from daemon.layout import Layout
 from daemon.ledger import Ledger
 from daemon.outcomes import RunStatus
@@ -201,7 +201,8 @@ class Runner:
 def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: str) -> Path:
     """Put a file that cannot be a request straight into ``failed/`` with the reason."""
     result = {"claim_id": claim_id, "run_id": None, "request": path.name,
-              "status": RunStatus.INVALID.value, "problems": [f"file: {reason}"],
+              "profile": profile_of(path, layout.inbox) if path.parent != layout.inbox
+              else None, "status": RunStatus.INVALID.value, "problems": [f"file: {reason}"],
               "transient": False, "finished_at": now_iso()}
     text = _error_text(path.name, RunStatus.INVALID, [f"file: {reason}"], [], None)
     ledger.claimed(claim_id, path.name, None)

@@ -26,6 +26,7 @@ from daemon.intake.claim import Claimed, profile_of
 from daemon.layout import Layout
 from daemon.ledger import Ledger
 from daemon.outcomes import RunStatus
+from daemon.redact import redact
 from daemon.request import Request, parse_request
 from daemon.runstate import RunState, now_iso
 from daemon.settle import Sidecars, settle
@@ -150,15 +151,18 @@ class Runner:
     @staticmethod
     def _record(state: RunState, status: RunStatus, result: HandlerResult,
                 problems: list[str], transient: bool) -> None:
-        failed = [{"scan_id": i.scan_id, "error": i.error, "transient": i.transient}
-                  for i in result.failed]
-        counts = {**result.counts, "items": result.total, "failed": len(failed)}
-        state.finish(status, counts=counts, **result.extra, extra_keys=sorted(result.extra),
-                     errors=problems + [
-            f"scan {f['scan_id']}: {f['error']}" for f in failed][:MAX_ERRORS_IN_RUN_JSON],
-            result={"failed": failed, "problems": problems,
-                    "transient": transient or (bool(failed) and all(
-                        f["transient"] for f in failed))})
+        """The outcome into run.json. Every message passes ``redact`` here: this is
+        where run.json, result.json and error.txt get their text."""
+        problems = [redact(p) for p in problems]
+        failed = [{"scan_id": i.scan_id, "error": redact(i.error or ""),
+                   "transient": i.transient} for i in result.failed]
+        errors = problems + [f"scan {f['scan_id']}: {f['error']}" for f in failed]
+        transient = transient or (bool(failed) and all(f["transient"] for f in failed))
+        state.finish(status, counts={**result.counts, "items": result.total,
+                                     "failed": len(failed)},
+                     errors=errors[:MAX_ERRORS_IN_RUN_JSON], **result.extra,
+                     extra_keys=sorted(result.extra),
+                     result={"failed": failed, "problems": problems, "transient": transient})
 
     def _settle_run(self, claimed: Claimed, request: Request, state: RunState) -> RunStatus:
         data = state.data
@@ -187,6 +191,7 @@ class Runner:
         return status
 
     def _settle_invalid(self, claimed: Claimed, problems: list[str]) -> RunStatus:
+        problems = [redact(p) for p in problems]
         result = {"claim_id": claimed.claim_id, "run_id": None, "request": claimed.name,
                   "profile": claimed.profile, "status": RunStatus.INVALID.value,
                   "problems": problems, "transient": False, "finished_at": now_iso()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,13 @@ class Checkpoint:
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._records.values())
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop records from memory only (the journal keeps them): for steps a later
+        record supersedes, so memory does not grow with the run. Missing keys are fine."""
+        with self._lock:
+            for key in keys:
+                self._records.pop(key, None)
 
     def record(self, key: str, **data: Any) -> None:
         """Durably record that step ``key`` is finished, with ``data``."""

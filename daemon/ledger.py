@@ -93,6 +93,11 @@ class Ledger:
         rows = self._query("SELECT * FROM requests WHERE claim_id = ? OR run_id = ?", (key, key))
         return rows[0] if rows else None
 
+    def by_name(self, name: str) -> list[RequestRecord]:
+        """Requests claimed under the file name ``name`` (as dropped), newest first."""
+        return self._query("SELECT * FROM requests WHERE name = ? ORDER BY claimed_at DESC",
+                           (name,))
+
     def recent(self, limit: int = 50, failed_only: bool = False) -> list[RequestRecord]:
         where = "WHERE status IN ('failed', 'partial', 'invalid')" if failed_only else ""
         return self._query(f"SELECT * FROM requests {where} ORDER BY claimed_at DESC, "

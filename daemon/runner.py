@@ -239,8 +239,15 @@ def _retry_request(request: Request, run_id: str, failed: list[dict[str, Any]]
     if request.action == "analyze" and request.pairs:
         wanted = set(ids)
         retry["pairs"] = [p for p in retry["pairs"] if p[0] in wanted]
+    elif request.action == "analyze" and request.target_scan_ids:
+        # The two lists pair by position: keep each failed source with its own target.
+        wanted = set(ids)
+        kept = [(s, t) for s, t in zip(request.scan_ids, request.target_scan_ids,
+                                       strict=True) if s in wanted]
+        retry["scan_ids"] = [s for s, _ in kept]
+        retry["target_scan_ids"] = [t for _, t in kept]
     else:
-        retry["scan_ids"] = ids
+        retry["scan_ids"] = list(dict.fromkeys(ids))  # analyze: one per source, not pair
     return {k: v for k, v in retry.items() if v not in (None, [], {})}
 
 

@@ -19,6 +19,7 @@ from daemon.intake.watcher import list_inbox
 from daemon.layout import Layout
 from daemon.ledger import Ledger
 from daemon.runstate import RunState
+from daemon.schedule.report import next_schedules
 
 HEARTBEAT_FILE = "daemon.json"
 STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is hung or gone
@@ -39,6 +40,7 @@ def collect(config: Config) -> dict[str, Any]:
                   if waiting else None},
         "in_flight": _in_flight(layout),
         "last_results": _last_results(layout),
+        "schedules": next_schedules(config),
     }
     return status
 

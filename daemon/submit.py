@@ -16,16 +16,17 @@ from daemon.request import build_request
 
 
 def drop_request(config: Config, raw: dict[str, Any], *, stem: str = "submit",
-                 validate: bool = True) -> Path:
+                 validate: bool = True, name: str | None = None) -> Path:
     """Validate ``raw`` (raises ``RequestError``) and write it as JSON into the inbox.
 
     The file is written under a hidden temp name and renamed in, so the daemon sees it
-    only once complete."""
+    only once complete. ``name`` (else ``<stem>-<time>-<hex>.json``) lets a producer
+    choose a name it can look for later (the scheduler's exactly-once bookkeeping)."""
     if validate:
         build_request(raw, config)
     inbox = Layout(config.root).ensure().inbox
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    name = f"{stem}-{stamp}-{secrets.token_hex(2)}.json"
+    name = name or f"{stem}-{stamp}-{secrets.token_hex(2)}.json"
     with atomic_writer(inbox / f".{name}") as f:
         json.dump(raw, f, indent=2, ensure_ascii=False, default=str)
         f.write("\n")

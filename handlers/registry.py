@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from daemon.errors import FatalError
-from handlers import download
+from handlers import analyze, copy, download
 from handlers.base import Handler
 
 HANDLERS: dict[str, Handler] = {
     "download": download.run,
+    "analyze": analyze.run,
+    "copy": copy.run,
 }
 
 

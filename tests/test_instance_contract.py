@@ -4,6 +4,8 @@ Each kind registers a factory in ``FACTORIES``: ``factory(tmp_path, seeds)`` ret
 a ``Seeded`` instance holding exactly the ``SEEDS`` scans (made however that kind is
 best seeded, independently of the code under test where possible) and says which
 IDs they got. To add a kind, add its factory; every contract test then runs on it.
+Kinds: ``folder`` (the documented files, written directly) and ``platform`` (a
+reference server on a fresh PostgreSQL database, rows written directly).
 Tests of one kind's own layout (folder: half-made scans, corrupt files, processes)
 follow the contract tests.
 """
@@ -18,18 +20,22 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import pg
 import pytest
+from refserver import RefServer
 
+from daemon.config import DbConfig, PlatformInstanceConfig
 from daemon.demo import create_demo
 from daemon.errors import PermanentError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan, ScanDetails, Selection
 from daemon.instances.folder import FolderInstance
+from daemon.instances.platform import PlatformInstance
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,29 @@ class Seeded:
     instance: Instance
     scan_ids: dict[str, int]  # seed key -> scan ID in this instance
     file_ids: dict[str, list[int]]  # seed key -> its file IDs, in order
+    cleanup: list[Callable[[], None]] = field(default_factory=list)  # run last to first
 
     def key_of(self, scan_id: int) -> str:
         return next(k for k, v in self.scan_ids.items() if v == scan_id)
+
+    def close(self) -> None:
+        """Close the instance, then whatever backs it (servers, databases)."""
+        try:
+            self.instance.close()
+        finally:
+            _run_all(reversed(self.cleanup))
+
+
+def _run_all(steps: Iterable[Callable[[], None]]) -> None:
+    """Run every step even when one fails; raise the first failure."""
+    first: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _image(n: int) -> bytes:
@@ -68,9 +94,14 @@ COLA = ScanDetails(store_planogram_id=501, planogram_name="Beverages 2024.2", se
                    section_name="Soft Drinks / Cola", is_additional_section=False,
                    pre_pog=81.5, post_pog=90.0, pre_osa=88.0, post_osa=97.25, ok_count=40,
                    wandering_count=2, oos_count=3, hole_count=1)
+# Same store planogram as COLA, another day: other figures, some unknown. The platform
+# keeps POG/OSA figures per store planogram and day, so each scan must read its own.
+COLA_LATER = replace(COLA, pre_pog=70.0, post_pog=None, pre_osa=91.5, post_osa=None,
+                     ok_count=38, hole_count=None)
+# No store planogram: no POG/OSA figures either (the platform has none to give).
 CAFE = ScanDetails(store_planogram_id=None, planogram_name="Hot Drinks", section_id=32,
                    section_name="Café & Tea 'Spécial'", is_additional_section=True,
-                   pre_pog=50.0, post_pog=None, pre_osa=None, post_osa=60.5, ok_count=0,
+                   pre_pog=None, post_pog=None, pre_osa=None, post_osa=None, ok_count=0,
                    wandering_count=None, oos_count=7, hole_count=0)
 
 # Capture order: a, e (same time as a, created later), b, d, c.
@@ -84,7 +115,7 @@ SEEDS: tuple[SeedScan, ...] = (
              (SeedFile("c1.png", _image(4)),)),
     SeedScan("d", 1, "2024-03-03T08:00:00+00:00", "done",
              (SeedFile("d1.png", _image(5)), SeedFile("d2.png", _image(6)),
-              SeedFile("d3.png", _image(7))), COLA),
+              SeedFile("d3.png", _image(7))), COLA_LATER),
     SeedScan("e", 2, "2024-03-01T09:00:00+00:00", "done", (SeedFile("e1.png", _image(8)),),
              None),
 )
@@ -120,9 +151,57 @@ def folder_factory(tmp_path: Path, seeds: Sequence[SeedScan]) -> Seeded:
     return Seeded(FolderInstance("contract-folder", root), scan_ids, file_ids)
 
 
-# kind -> factory. A ``platform`` factory (reference server + PostgreSQL) goes here too.
+def platform_factory(tmp_path: Path, seeds: Sequence[SeedScan]) -> Seeded:
+    """A reference server on a fresh database (dropped on cleanup), its rows written
+    directly (``RefServer.insert_scan``), read through a ``PlatformInstance``."""
+    pg.require_admin_dsn()
+    dsn = pg.create_database("contract")
+    cleanup: list[Callable[[], None]] = [lambda: pg.drop_database(dsn)]
+    try:
+        server = RefServer(dsn, tmp_path / "refserver", processing_delay=0.05).start()
+        cleanup.append(lambda: _stop_clean(server))
+        scan_ids: dict[str, int] = {}
+        file_ids: dict[str, list[int]] = {}
+        for seed in seeds:
+            scan_ids[seed.key], file_ids[seed.key] = server.insert_scan(
+                seed.store_id, datetime.fromisoformat(seed.captured_at), seed.status,
+                files=[(f.filename, f.data) for f in seed.files],
+                details=None if seed.details is None else asdict(seed.details),
+                provided_values=seed.provided)
+        instance = PlatformInstance("contract-platform", _platform_config(server, tmp_path))
+    except BaseException:
+        _run_all(reversed(cleanup))
+        raise
+    return Seeded(instance, scan_ids, file_ids, cleanup)
+
+
+def _stop_clean(server: RefServer) -> None:
+    server.stop()
+    assert server.errors == []  # the reference server's own bugs
+
+
+def _platform_config(server: RefServer, tmp_path: Path) -> PlatformInstanceConfig:
+    params = pg.dsn_params(server.dsn)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "api").write_text(server.password, encoding="utf-8")
+    db_password: dict[str, Any] = {}
+    if params.get("password"):
+        (secrets / "db").write_text(params["password"], encoding="utf-8")
+        db_password = {"db_password_file": secrets / "db"}
+    db = DbConfig(host=params.get("host") or "127.0.0.1", port=int(params.get("port") or 5432),
+                  dbname=params["dbname"], user=params.get("user") or "postgres")
+    return PlatformInstanceConfig(kind="platform", api_url=server.api_url, db=db,
+                                  api_username=server.username,
+                                  api_password_file=secrets / "api", max_connections=8,
+                                  timeout_seconds=30, retry_attempts=3, retry_max_seconds=30,
+                                  **db_password)
+
+
+# kind -> factory
 FACTORIES: dict[str, Callable[[Path, Sequence[SeedScan]], Seeded]] = {
     "folder": folder_factory,
+    "platform": platform_factory,
 }
 
 
@@ -132,7 +211,7 @@ def contract_instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
     try:
         yield seeded
     finally:
-        seeded.instance.close()
+        seeded.close()
 
 
 def _seed(key: str) -> SeedScan:
@@ -193,6 +272,7 @@ def test_details_round_trip(contract_instance: Seeded) -> None:
     by_key = {contract_instance.key_of(s.id): s
               for s in contract_instance.instance.get_scans(list(ids.values()))}
     assert by_key["a"].details == COLA
+    assert by_key["d"].details == COLA_LATER  # its own day's figures, nulls kept
     assert by_key["b"].details == CAFE  # nulls, unicode, quotes and additional survive
     assert by_key["c"].details is None and not by_key["c"].has_report
     assert not by_key["c"].processed  # status processing

@@ -757,7 +757,8 @@ def test_get_scans_with_files_and_details(seeded_db: str) -> None:
     assert [f.file_id for f in s101.files] == [1001, 1002]
     assert s101.captured_at == "2025-08-01T09:00:00Z"
     assert s101.created_at is not None and s101.created_at.startswith("2025-08-01T09:05:00")
-    assert s101.provided_values["_raw_data"]["scanrelay_ref"] == "a@1"
+    assert s101.provided_values["scanrelay_ref"] == "a@1"  # the create payload (_raw_data)
+    assert by_id[103].provided_values == {}
     d = s101.details
     assert d is not None
     assert (d.store_planogram_id, d.planogram_name, d.section_id, d.section_name) == (

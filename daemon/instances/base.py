@@ -50,7 +50,9 @@ class ScanDetails:
 
 @dataclass(frozen=True)
 class Scan:
-    """A scan as read from an instance. ``details`` is None when it has no report yet."""
+    """A scan as read from an instance. ``details`` is None when it has no report yet.
+    ``provided_values`` is the create payload the scan was made with (the platform
+    keeps it as ``provided_values->'_raw_data'``), a marker field included."""
 
     id: int
     store_id: int

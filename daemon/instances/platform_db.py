@@ -246,10 +246,19 @@ def _scan(row: Row, files: tuple[FileRef, ...], details: ScanDetails | None) -> 
         has_report=bool(row["has_report"]),
         captured_at=_text(row.get("captured_at")),
         created_at=_text(row.get("created_at")),
-        provided_values=row.get("provided_values") or {},
+        provided_values=_create_payload(row.get("provided_values")),
         files=files,
         details=details,
     )
+
+
+def _create_payload(provided: Any) -> Mapping[str, Any]:
+    """The create payload a scan was made with, which the ``Instance`` contract calls
+    its provided values: ``provided_values->'_raw_data'`` where the platform keeps it
+    (SPEC §8), else the column itself (a scan made some other way)."""
+    if isinstance(provided, Mapping) and isinstance(provided.get("_raw_data"), Mapping):
+        return dict(provided["_raw_data"])
+    return dict(provided) if isinstance(provided, Mapping) else {}
 
 
 def _details(row: Row) -> ScanDetails:

@@ -11,6 +11,8 @@ Usage (from a test, with the ``platform_db`` fixture and pytest's ``tmp_path``):
         srv.username, srv.password     # credentials of the API user
         srv.dsn                        # the database (libpq DSN) the instance reads
         seeded.scan_ids, seeded.files[scan_id], seeded.sha256(file_id)
+        scan_id, file_ids = srv.insert_scan(1, captured_at, "done",
+            files=[("a.png", data)], details={...}, provided_values={...})
         srv.faults.set(rate=0.2, kinds={Fault.HTTP_503, Fault.RESET}, seed=7)
         srv.faults.next(Fault.HTTP_429, endpoint="create")
         srv.faults.fail_file(file_id, 404)
@@ -39,8 +41,8 @@ target of a copy) recognises the scan from them: see ``processing`` for the outc
 
 Modules: ``server`` (RefServer), ``handlers`` (HTTP), ``api`` (endpoints), ``faults``
 (faults, capacity, counters), ``processing`` (simulated processing), ``seed`` and
-``catalogue`` (data), ``blobs`` (file bytes), ``multipart`` (streaming bodies),
-``db`` (SQL), ``model`` (shared values).
+``catalogue`` (data), ``exact`` (scans exactly as given), ``blobs`` (file bytes),
+``multipart`` (streaming bodies), ``db`` (SQL), ``model`` (shared values).
 """
 
 from .faults import TRANSIENT_FAULTS, Endpoint, Fault, Faults, Gate, Stats

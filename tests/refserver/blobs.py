@@ -125,6 +125,12 @@ class BlobStore:
                 digest.update(chunk)
         return rel, digest.hexdigest()
 
+    def write_bytes(self, data: bytes) -> tuple[str, str]:
+        """Write exactly ``data`` to disk; return (relative path, sha256)."""
+        rel = f"files/{uuid.uuid4().hex}.bin"
+        (self.root / rel).write_bytes(data)
+        return rel, hashlib.sha256(data).hexdigest()
+
     def chunks(self, record: FileRecord) -> Iterator[bytes]:
         """Stream a file's bytes."""
         if record.storage == "generated":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -11,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from . import db
+from . import db, exact
 from . import seed as seeding
 from .api import State
 from .blobs import BlobStore, UrlSigner
@@ -170,6 +171,35 @@ class RefServer:
         with self._pool.connection() as conn:
             store_ids, scan_ids, truths, files = seeding.seed(conn, self._state.blobs, spec)
         return SeedResult(store_ids, scan_ids, files, truths, _sha256=self.file_sha256)
+
+    def insert_scan(
+        self,
+        store_id: int,
+        captured_at: datetime,
+        status: str = "done",
+        *,
+        files: Sequence[tuple[str, bytes]] = (),
+        details: Mapping[str, Any] | None = None,
+        provided_values: Mapping[str, Any] | None = None,
+        created_at: datetime | None = None,
+    ) -> tuple[int, list[int]]:
+        """One scan exactly as given: ``files`` as (original filename, bytes),
+        ``details`` with the fields of ``ScanDetails`` (None: no report),
+        ``provided_values`` added to the stored create payload (``store``, ``files``,
+        ``captured_at``; its keys win); ``created_at`` defaults to ``captured_at``.
+        Returns (scan ID, file IDs in order). See ``exact`` for how it is stored."""
+        with self._pool.connection() as conn:
+            return exact.insert_scan(
+                conn,
+                self._state.blobs,
+                store_id=store_id,
+                captured_at=captured_at,
+                status=status,
+                files=files,
+                details=details,
+                provided_values=provided_values or {},
+                created_at=created_at,
+            )
 
     def add_user(self, username: str, password: str) -> None:
         with self._pool.connection() as conn:

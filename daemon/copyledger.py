@@ -1,0 +1,167 @@
+"""The copy ledger in ``state/copies.sqlite``: which source scan was copied to which
+target store, across runs. It makes a second copy of the same scan a skip (SPEC §4) and
+lets a run find another run's unfinished create (SPEC §8, exactly once).
+
+One row per (source instance, source scan, target instance, target store, marker):
+
+- an *intent*: a run is about to create the copy carrying ``marker`` (written before
+  the create; ``target_scan_id`` still NULL);
+- a *copy*: that create succeeded, or the scan was found by its marker
+  (``target_scan_id`` set).
+
+A plain copy always has the same marker, so it has one row; each forced copy has a
+marker of its own, hence a row of its own: the newest copy is the one reported.
+The run's own checkpoint journal stays the authority within a run; the ledger is what
+other runs see. SQLite in WAL mode, ``synchronous=NORMAL``: a write survives a killed
+process (the case that matters here); after a power loss the marker lookup still
+prevents duplicates because the checkpoint (fsynced) holds the intent.
+
+``key_lock(key)`` serialises the look-up-then-create of one key between the threads of
+a process, so two runs of one daemon cannot both create the same copy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+FILE_NAME = "copies.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS copies (
+    source          TEXT    NOT NULL,
+    source_scan_id  INTEGER NOT NULL,
+    target          TEXT    NOT NULL,
+    target_store_id INTEGER NOT NULL,
+    marker          TEXT    NOT NULL,
+    run_id          TEXT    NOT NULL,
+    target_scan_id  INTEGER,
+    intent_at       REAL    NOT NULL,
+    copied_at       REAL,
+    PRIMARY KEY (source, source_scan_id, target, target_store_id, marker)
+);
+"""
+CHUNK = 500  # IDs per query (well under SQLite's parameter limit)
+
+
+@dataclass(frozen=True)
+class CopyKey:
+    """What makes two copies "the same copy" (SPEC §4)."""
+
+    source: str
+    source_scan_id: int
+    target: str
+    target_store_id: int
+
+    def as_tuple(self) -> tuple[str, int, str, int]:
+        return (self.source, self.source_scan_id, self.target, self.target_store_id)
+
+
+@dataclass(frozen=True)
+class CopyState:
+    """What the ledger knows of one key: its newest finished copy, and the markers of
+    creates that were intended but never confirmed (by any run)."""
+
+    copied_to: int | None = None
+    copied_by: str | None = None  # the run that made (or found) that copy
+    open_markers: tuple[str, ...] = ()
+
+
+@dataclass
+class _KeyLock:
+    lock: threading.Lock
+    users: int = 0
+
+
+_key_locks: dict[tuple[str, int, str, int], _KeyLock] = {}
+_key_locks_guard = threading.Lock()
+
+
+@contextmanager
+def key_lock(key: CopyKey) -> Iterator[None]:
+    """Hold the process-wide lock of ``key``; other keys never wait for it."""
+    name = key.as_tuple()
+    with _key_locks_guard:
+        entry = _key_locks.setdefault(name, _KeyLock(threading.Lock()))
+        entry.users += 1
+    try:
+        with entry.lock:
+            yield
+    finally:
+        with _key_locks_guard:
+            entry.users -= 1
+            if entry.users == 0:
+                del _key_locks[name]
+
+
+class CopyLedger:
+    """Thread-safe access to ``copies.sqlite``. Methods raise ``sqlite3.Error`` only when
+    the file itself is unusable (disk full, corrupt): the caller treats that as fatal."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / FILE_NAME
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def states(self, source: str, target: str, store: int,
+               scan_ids: Sequence[int]) -> dict[int, CopyState]:
+        """What is known of each of ``scan_ids`` (those with any row), by source scan."""
+        rows: list[tuple[int, str, str, int | None, float | None]] = []
+        for start in range(0, len(scan_ids), CHUNK):
+            chunk = list(scan_ids[start:start + CHUNK])
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows += self._db.execute(
+                    "SELECT source_scan_id, marker, run_id, target_scan_id, copied_at"
+                    " FROM copies WHERE source = ? AND target = ? AND target_store_id = ?"
+                    f" AND source_scan_id IN ({marks}) ORDER BY copied_at",
+                    (source, target, store, *chunk)).fetchall()
+        states: dict[int, CopyState] = {}
+        for scan_id, marker, run_id, target_id, _ in rows:  # oldest copy first: newest wins
+            state = states.get(int(scan_id), CopyState())
+            if target_id is None:
+                state = CopyState(state.copied_to, state.copied_by,
+                                  (*state.open_markers, marker))
+            else:
+                state = CopyState(int(target_id), run_id, state.open_markers)
+            states[int(scan_id)] = state
+        return states
+
+    def state(self, key: CopyKey) -> CopyState:
+        return self.states(key.source, key.target, key.target_store_id,
+                           [key.source_scan_id]).get(key.source_scan_id, CopyState())
+
+    def intent(self, key: CopyKey, marker: str, run_id: str) -> None:
+        """Record that ``run_id`` is about to create ``key``'s copy with ``marker``
+        (a row already confirmed for that marker is left as it is)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO copies (source, source_scan_id, target, target_store_id, marker,"
+                " run_id, intent_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*key.as_tuple(), marker, run_id, time.time()))
+
+    def copied(self, key: CopyKey, marker: str, run_id: str, target_scan_id: int) -> None:
+        """Record that ``key``'s copy with ``marker`` is ``target_scan_id`` (created, or
+        found by its marker)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO copies (source, source_scan_id, target, target_store_id, marker,"
+                " run_id, target_scan_id, intent_at, copied_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET run_id = excluded.run_id,"
+                " target_scan_id = excluded.target_scan_id, copied_at = excluded.copied_at",
+                (*key.as_tuple(), marker, run_id, target_scan_id, now, now))

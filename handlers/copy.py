@@ -1,0 +1,206 @@
+"""The ``copy`` action (SPEC §4, §8): scans from a source instance into a store of a
+target instance, exactly once, with ``scan_mapping.csv`` and an optional analysis.
+
+- ``copy_plan``: pure decisions (payload, marker, batch retry, ETA);
+- ``copy_scan``: one scan end to end, with its checkpoint records and the exactly-once
+  create;
+- ``copy_pipeline``: the worker pool and the window of batches;
+- ``copy_analysis``: with ``analyze``, waiting for processing and the analysis;
+- ``daemon.copyledger``: what earlier runs copied (``state/copies.sqlite``).
+
+A scan copied to the same target store before (same source and target instance) is
+skipped and reported with its existing target ID, unless ``force``. ``dry_run`` reads
+the source and the ledger only: it reports what would be copied and writes nothing to
+the target (nor to the ledger).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from daemon.copyledger import CopyLedger
+from daemon.errors import FatalError, PermanentError, TransientError
+from daemon.instances.base import Instance
+from daemon.layout import Layout
+from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
+from handlers.copy_analysis import analyze_after_copy
+from handlers.copy_pipeline import BatchRun, CopyPipeline
+from handlers.copy_plan import How, ScanOutcome, eta_text
+from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, forget_finished
+from handlers.download import batches, resolve_scan_ids
+from handlers.mapping import MappingRow, MappingWriter
+
+DEFAULT_MARKER_FIELD = "scanrelay_ref"
+MAX_WORKERS = 64
+
+
+def run(ctx: RunContext) -> HandlerResult:
+    """Copy the request's scans (see the module docstring). Raises ``RequestError`` for
+    an empty selection, ``FatalError`` when an instance or the copy ledger is unusable,
+    ``Interrupted`` when the daemon stops (everything done so far is checkpointed)."""
+    request = ctx.request
+    assert request.source and request.target and request.target_store_id  # validated
+    source, target = ctx.instance(request.source), ctx.instance(request.target)
+    scan_ids = resolve_scan_ids(ctx, source)
+    settings = CopySettings(
+        run_id=ctx.run_id, source=request.source, target=request.target,
+        store=request.target_store_id, mode=request.mode, force=request.force,
+        marker_field=_marker_field(ctx, request.target), with_details=target.kind == "folder")
+    chunks = [list(c) for c in batches(scan_ids, request.batch_size)]
+    ledger = _open_ledger(ctx)
+    try:
+        copier = ScanCopier(ctx, source, target, settings, ledger)
+        if request.dry_run:
+            result = _dry_run(ctx, source, copier, chunks, len(scan_ids))
+            if request.analyze:
+                result.extra["analysis"] = {"status": "skipped", "reason": "dry run"}
+            return result
+        result, pairs = _copy(ctx, source, target, copier, chunks, len(scan_ids))
+    except sqlite3.Error as exc:
+        raise FatalError(f"the copy ledger {ledger.path} is unusable: {exc}") from exc
+    finally:
+        ledger.close()
+    if request.analyze:
+        result.extra["analysis"] = analyze_after_copy(ctx, source, target, pairs)
+        ctx.log.info("analysis after the copy: {}", result.extra["analysis"])
+    return result
+
+
+def _marker_field(ctx: RunContext, target: str) -> str | None:
+    cfg = ctx.config.instances[target]
+    return getattr(cfg, "marker_field", DEFAULT_MARKER_FIELD)
+
+
+def _open_ledger(ctx: RunContext) -> CopyLedger:
+    try:
+        return CopyLedger(Layout(ctx.config.root).state)
+    except (OSError, sqlite3.Error) as exc:
+        raise FatalError(f"cannot open the copy ledger in state/: {exc}") from exc
+
+
+def _workers(source: Instance, target: Instance) -> int:
+    """Enough workers to fill both instances' connection limits at once."""
+    return min(MAX_WORKERS, source.max_connections + target.max_connections)
+
+
+Pairs = list[tuple[int, int | None]]
+
+
+def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopier,
+          chunks: list[list[int]], total: int) -> tuple[HandlerResult, Pairs]:
+    tmp = ctx.run_dir / TMP_DIR
+    for stale in tmp.glob("*/.*.part"):  # half-written by a crash: this run owns them
+        stale.unlink()
+    forget_finished(ctx)
+    report = Report(ctx, total, len(chunks), keep_pairs=ctx.request.analyze)
+    with MappingWriter(ctx.run_dir) as mapping:
+        report.mapping = mapping
+        pipeline = CopyPipeline(ctx, source, copier, workers=_workers(source, target),
+                                retry_pause=ctx.config.copy_.batch_retry_pause,
+                                on_batch=report.batch)
+        pipeline.run(chunks)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return report.result, report.pairs
+
+
+class Report:
+    """Results, counts, mapping rows, progress lines: batch by batch, in order."""
+
+    def __init__(self, ctx: RunContext, total: int, batches: int, *, keep_pairs: bool) -> None:
+        self.ctx = ctx
+        self.total = total
+        self.batches = batches
+        self.keep_pairs = keep_pairs
+        self.mapping: MappingWriter | None = None
+        self.pairs: Pairs = []
+        self.started = time.monotonic()
+        self.result = HandlerResult(counts={
+            "scans": total, "copied": 0, "skipped": 0, "recovered": 0, "files": 0,
+            "bytes": 0, "reused_steps": 0, "batch_retries": 0})
+
+    def batch(self, batch: BatchRun) -> None:
+        outcomes = batch.ordered()
+        counts = self.result.counts
+        for o in outcomes:
+            self.result.add(ItemResult(o.scan_id, o.status, o.error, o.transient))
+            counts["copied"] += o.status is ItemStatus.OK
+            counts["skipped"] += o.status is ItemStatus.SKIPPED
+            counts["recovered"] += o.how is How.RECOVERED
+            counts["files"] += o.files
+            counts["bytes"] += o.bytes
+            counts["reused_steps"] += o.reused
+        counts["batch_retries"] += batch.retries
+        self._rows(outcomes)
+        self._line(batch.number, outcomes)
+
+    def _rows(self, outcomes: Sequence[ScanOutcome]) -> None:
+        assert self.mapping is not None
+        self.mapping.write(MappingRow(o.scan_id, o.target_id, o.mapping_status, o.error)
+                           for o in outcomes)
+        if self.keep_pairs:
+            self.pairs += [(o.scan_id, o.target_id) for o in outcomes]
+
+    def _line(self, number: int, outcomes: Sequence[ScanOutcome]) -> None:
+        done, counts = self.result.total, self.result.counts
+        elapsed = time.monotonic() - self.started
+        failed = sum(o.status is ItemStatus.FAILED for o in outcomes)
+        ok = sum(o.status is ItemStatus.OK for o in outcomes)
+        self.ctx.log.info(
+            "[BATCH {}/{}] {} scans: {} copied, {} skipped, {} failed | {}/{} scans, "
+            "{:.1f} scans/s, ETA {}", number, self.batches, len(outcomes), ok,
+            len(outcomes) - ok - failed, failed, done, self.total,
+            done / elapsed if elapsed > 0 else 0.0, eta_text(done, self.total, elapsed))
+        self.ctx.progress(done, self.total, batch=number, batches=self.batches,
+                          copied=counts["copied"], skipped=counts["skipped"],
+                          failed=len(self.result.failed))
+
+
+def _dry_run(ctx: RunContext, source: Instance, copier: ScanCopier, chunks: list[list[int]],
+             total: int) -> HandlerResult:
+    """What a copy would do, batch by batch; nothing is written but the run folder."""
+    result = HandlerResult(counts={"scans": total, "planned": 0, "skipped": 0, "files": 0})
+    with MappingWriter(ctx.run_dir) as mapping:
+        for number, chunk in enumerate(chunks, start=1):
+            ctx.check_stop()
+            rows = _plan_batch(source, copier, chunk, result)
+            mapping.write(rows)
+            ctx.log.info("[BATCH {}/{}] dry run: {} to copy, {} already copied", number,
+                         len(chunks), sum(r.status == "planned" for r in rows),
+                         sum(r.status == "skipped" for r in rows))
+            ctx.progress(result.total, total, batch=number, batches=len(chunks))
+    result.extra["dry_run"] = {"would_copy": result.counts["planned"],
+                               "would_skip": result.counts["skipped"]}
+    return result
+
+
+def _plan_batch(source: Instance, copier: ScanCopier, chunk: list[int],
+                result: HandlerResult) -> list[MappingRow]:
+    known = copier.known(chunk)
+    rest = [i for i in chunk if i not in known]
+    try:
+        found = {s.id: s for s in source.get_scans(rest)} if rest else {}
+        error = None
+    except (PermanentError, TransientError) as exc:
+        found, error = {}, exc
+    rows = []
+    for scan_id in chunk:
+        if scan_id in known:
+            row = MappingRow(scan_id, known[scan_id].target_id, "skipped")
+            result.add(ItemResult(scan_id, ItemStatus.SKIPPED))
+            result.counts["skipped"] += 1
+        elif scan_id in found and found[scan_id].files:
+            row = MappingRow(scan_id, None, "planned")
+            result.add(ItemResult(scan_id, ItemStatus.OK))
+            result.counts["planned"] += 1
+            result.counts["files"] += len(found[scan_id].files)
+        else:
+            why = (f"read: {error}" if error else f"read: scan {scan_id} not found in "
+                   f"{source.name}" if scan_id not in found else "read: the scan has no files")
+            row = MappingRow(scan_id, None, "failed", why)
+            result.add(ItemResult(scan_id, ItemStatus.FAILED, why,
+                                  transient=isinstance(error, TransientError)))
+        rows.append(row)
+    return rows

@@ -1,0 +1,340 @@
+"""Copying one scan: download its files, upload them to the target, create it there,
+exactly once. One call per scan, on a worker thread of ``copy_pipeline``.
+
+Checkpoint records (``ctx.checkpoint``, the fsynced journal; ``S`` = source scan ID,
+``F`` = source file ID), each written when its step is done:
+
+- ``copy:down:S:F``: the file is in ``.copy/S/`` of the run folder
+  (``path, size, sha256, filename``); reused after a crash only if size and hash match;
+- ``copy:up:S:F``: uploaded to the target as ``upload_id`` (the temp file is removed);
+- ``copy:intent:S``: about to create the target scan carrying ``marker``;
+- ``copy:created:S``: the target scan ``target_scan_id`` exists (``how``: created by
+  this run, recovered by its marker, or an existing copy found by another run's marker).
+
+Exactly once (SPEC §8): before creating, the intent is journalled and put into the copy
+ledger; a create that fails without a clear answer (reset, timeout, 5xx) is followed by
+a marker look-up in the target before it is tried again, and so is a create whose
+intent a crashed run left behind (its own, or for a plain copy another run's). With
+``marker_field: null`` nothing can be looked up, so such a create is never repeated: the
+scan fails instead, saying it may exist in the target.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from daemon.copyledger import CopyKey, CopyLedger, key_lock
+from daemon.errors import PermanentError, ScanrelayError, TransientError
+from daemon.instances.base import FileRef, Instance, Scan
+from daemon.retry import RetryPolicy
+from handlers.base import ItemStatus, RunContext
+from handlers.copy_plan import (
+    How,
+    Mode,
+    ScanOutcome,
+    Stage,
+    Tries,
+    build_payload,
+    failed,
+    marker_value,
+)
+from handlers.copy_plan import existing as existing_outcome
+from handlers.limits import connection
+from handlers.naming import extension
+from handlers.streams import HashingSink, is_complete
+
+TMP_DIR = ".copy"
+# Ambiguous creates: each retry first looks the marker up, so resending is safe.
+CREATE_POLICY = RetryPolicy(attempts=6, max_seconds=300.0)
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """What every scan of one copy run shares."""
+
+    run_id: str
+    source: str
+    target: str
+    store: int
+    mode: Mode
+    force: bool
+    marker_field: str | None
+    with_details: bool
+
+    def key(self, scan_id: int) -> CopyKey:
+        return CopyKey(self.source, scan_id, self.target, self.store)
+
+    def marker(self, scan_id: int) -> str:
+        return marker_value(self.source, scan_id, self.store,
+                            self.run_id if self.force else None)
+
+
+class StepFailed(Exception):
+    """One step of one scan failed (``error`` is a Permanent- or TransientError)."""
+
+    def __init__(self, stage: Stage, error: ScanrelayError) -> None:
+        super().__init__(str(error))
+        self.stage = stage
+        self.error = error
+
+
+@dataclass
+class _Tally:
+    """Counters of one scan's attempt (one thread: no lock)."""
+
+    files: int = 0
+    bytes: int = 0
+    reused: int = 0
+    downloads: int = 0
+    downloads_ok: int = 0
+    uploads: int = 0
+    uploads_ok: int = 0
+    creates: int = 0
+    creates_ok: int = 0
+
+    def tries(self) -> Tries:
+        return Tries(self.downloads, self.downloads_ok, self.uploads, self.uploads_ok,
+                     self.creates, self.creates_ok)
+
+
+def _keys(scan_id: int) -> tuple[str, str]:
+    return f"copy:intent:{scan_id}", f"copy:created:{scan_id}"
+
+
+def superseded(scan_id: int, file_ids: list[int]) -> list[str]:
+    """The records a ``copy:created`` record makes redundant (memory stays flat)."""
+    return [f"copy:{step}:{scan_id}:{f}" for f in file_ids for step in ("down", "up")] \
+        + [_keys(scan_id)[0]]
+
+
+def forget_finished(ctx: RunContext) -> None:
+    """After a restart: drop from memory the step records of scans already created."""
+    records = ctx.checkpoint.records()
+    created = {r["key"].rsplit(":", 1)[1] for r in records
+               if r["key"].startswith("copy:created:")}
+    ctx.checkpoint.forget(r["key"] for r in records if r["key"].startswith(
+        ("copy:down:", "copy:up:", "copy:intent:")) and r["key"].split(":")[2] in created)
+
+
+class ScanCopier:
+    """Copies scans of one run; thread-safe (each call works on its own scan)."""
+
+    def __init__(self, ctx: RunContext, source: Instance, target: Instance,
+                 settings: CopySettings, ledger: CopyLedger) -> None:
+        self.ctx = ctx
+        self.source = source
+        self.target = target
+        self.settings = settings
+        self.ledger = ledger
+        self.tmp = ctx.run_dir / TMP_DIR
+
+    # --- decided without work ------------------------------------------------------
+
+    def known(self, scan_ids: list[int]) -> dict[int, ScanOutcome]:
+        """Outcomes that need no work: created by this run before a restart (checkpoint),
+        or copied by an earlier run (ledger; not when forced)."""
+        s = self.settings
+        states = self.ledger.states(s.source, s.target, s.store, scan_ids)
+        out: dict[int, ScanOutcome] = {}
+        for scan_id in scan_ids:
+            record = self.ctx.checkpoint.get(_keys(scan_id)[1])
+            state = states.get(scan_id)
+            if record is not None:
+                target_id, how = int(record["target_scan_id"]), How(record["how"])
+                if state is None or state.copied_to != target_id:  # crashed in between
+                    self.ledger.copied(s.key(scan_id), record["marker"], s.run_id, target_id)
+                status = ItemStatus.SKIPPED if how is How.EXISTING else ItemStatus.OK
+                out[scan_id] = ScanOutcome(scan_id, status, target_id, how, reused=1)
+            elif not s.force and state is not None and state.copied_to is not None:
+                out[scan_id] = existing_outcome(scan_id, state.copied_to)
+        return out
+
+    # --- one scan ------------------------------------------------------------------
+
+    def copy(self, scan: Scan) -> ScanOutcome:
+        """Copy ``scan``; failures of its own come back in the outcome. Raises only what
+        stops the run: ``Interrupted``, ``FatalError``, or a broken ledger."""
+        self.ctx.check_stop()
+        tally = _Tally()
+        with logger.contextualize(run=self.ctx.run_id, item=f"scan {scan.id}"):
+            try:
+                if not scan.files:
+                    raise StepFailed(Stage.READ, PermanentError("the scan has no files"))
+                upload_ids = [self._transfer(scan, ref, tally) for ref in scan.files]
+                target_id, how = self._create(scan, upload_ids, tally)
+            except StepFailed as exc:
+                transient = isinstance(exc.error, TransientError)
+                self.ctx.log.bind(item=f"scan {scan.id}").warning(
+                    "scan {} failed at {}: {}", scan.id, exc.stage.value, exc.error)
+                return failed(scan.id, exc.stage, str(exc.error), transient, tally.tries())
+        shutil.rmtree(self.tmp / str(scan.id), ignore_errors=True)
+        self.ctx.checkpoint.forget(superseded(scan.id, [ref.file_id for ref in scan.files]))
+        status = ItemStatus.SKIPPED if how is How.EXISTING else ItemStatus.OK
+        return ScanOutcome(scan.id, status, target_id, how, files=tally.files,
+                           bytes=tally.bytes, reused=tally.reused, tries=tally.tries())
+
+    # --- files ---------------------------------------------------------------------
+
+    def _transfer(self, scan: Scan, ref: FileRef, tally: _Tally) -> int:
+        """The target's upload ID for ``ref`` (uploaded now, or by an earlier attempt)."""
+        key = f"copy:up:{scan.id}:{ref.file_id}"
+        record = self.ctx.checkpoint.get(key)
+        if record is not None:
+            tally.reused += 1
+            tally.files += 1
+            return int(record["upload_id"])
+        path, filename = self._download(scan, ref, tally)
+        self.ctx.check_stop()
+        tally.uploads += 1
+        try:
+            with connection(self.target):
+                upload_id = self.target.upload_file(path, filename)
+        except (PermanentError, TransientError) as exc:
+            raise StepFailed(Stage.UPLOAD, exc) from exc
+        tally.uploads_ok += 1
+        tally.files += 1
+        self.ctx.checkpoint.record(key, upload_id=upload_id, filename=filename)
+        path.unlink(missing_ok=True)  # disk use stays at the files in flight
+        return upload_id
+
+    def _download(self, scan: Scan, ref: FileRef, tally: _Tally) -> tuple[Path, str]:
+        """The local copy of ``ref`` and its original name (reused when still whole)."""
+        key = f"copy:down:{scan.id}:{ref.file_id}"
+        record = self.ctx.checkpoint.get(key)
+        if record is not None:
+            path = self.ctx.run_dir / record["path"]
+            if is_complete(path, record["size"], record["sha256"]):
+                tally.reused += 1
+                return path, str(record["filename"])
+        self.ctx.check_stop()
+        tally.downloads += 1
+        folder = self.tmp / str(scan.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{ref.file_id}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            # No fsync: a kill keeps the page cache, and after a power loss the hash
+            # check on resume sends a damaged file back to download.
+            with os.fdopen(fd, "w+b") as raw:
+                sink = HashingSink(raw, self.ctx.stop)
+                with connection(self.source):
+                    fetched = self.source.fetch_file(ref, sink)  # type: ignore[arg-type]
+            filename = (fetched.original_filename or ref.filename
+                        or f"{ref.file_id}.{extension(None, sink.head)}")
+            path = folder / f"{ref.file_id}.{extension(filename, sink.head)}"
+            os.replace(tmp, path)
+        except (PermanentError, TransientError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StepFailed(Stage.DOWNLOAD, exc) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tally.downloads_ok += 1
+        tally.bytes += sink.size
+        self.ctx.checkpoint.record(key, path=str(path.relative_to(self.ctx.run_dir)),
+                                   size=sink.size, sha256=sink.sha256, filename=filename)
+        return path, filename
+
+    # --- the create, exactly once --------------------------------------------------
+
+    def _create(self, scan: Scan, upload_ids: list[int], tally: _Tally) -> tuple[int, How]:
+        intent_key, created_key = _keys(scan.id)
+        record = self.ctx.checkpoint.get(created_key)
+        if record is not None:
+            return int(record["target_scan_id"]), How(record["how"])
+        s = self.settings
+        marker = s.marker(scan.id)
+        tally.creates += 1
+        try:
+            payload = build_payload(scan, mode=s.mode, store=s.store, upload_ids=upload_ids,
+                                    marker_field=s.marker_field, marker=marker,
+                                    with_details=s.with_details)
+            if s.marker_field is None:
+                result = self._create_unmarked(scan.id, payload)
+            else:
+                with key_lock(s.key(scan.id)):
+                    result = self._look_up_earlier(scan.id, s.marker_field, marker) \
+                        or self._create_marked(scan.id, payload, s.marker_field, marker)
+        except (PermanentError, TransientError) as exc:
+            raise StepFailed(Stage.CREATE, exc) from exc
+        tally.creates_ok += 1
+        return result
+
+    def _look_up_earlier(self, scan_id: int, field: str, marker: str) -> tuple[int, How] | None:
+        """A copy that exists already: in the ledger (a concurrent run finished it), or
+        found by the marker of an unconfirmed create (this run's; for a plain copy,
+        any run's)."""
+        s = self.settings
+        state = self.ledger.state(s.key(scan_id))
+        if not s.force and state.copied_to is not None:
+            return state.copied_to, How.EXISTING
+        ours = self.ctx.checkpoint.get(_keys(scan_id)[0]) is not None
+        candidates = [marker] if ours else []
+        if not s.force:
+            candidates += [m for m in state.open_markers if m not in candidates]
+        for candidate in candidates:
+            found = self.target.find_scan_by_marker(field, candidate)
+            if found is not None:
+                how = How.RECOVERED if ours and candidate == marker else How.EXISTING
+                self.ctx.log.info("scan {}: found its copy {} in {} by marker {}", scan_id,
+                                  found, s.target, candidate)
+                self._record_created(scan_id, candidate, found, how)
+                return found, how
+        return None
+
+    def _create_marked(self, scan_id: int, payload: dict[str, object], field: str,
+                       marker: str) -> tuple[int, How]:
+        self._record_intent(scan_id, marker)
+        asked = False
+
+        def attempt() -> tuple[int, How]:
+            nonlocal asked
+            if asked:  # the last try may have created it without our knowing
+                found = self.target.find_scan_by_marker(field, marker)
+                if found is not None:
+                    return found, How.RECOVERED
+            self.ctx.check_stop()
+            asked = True
+            with connection(self.target):
+                return self.target.create_scan(payload), How.CREATED
+
+        target_id, how = CREATE_POLICY.call(attempt, f"create the copy of scan {scan_id}")
+        if how is How.RECOVERED:
+            self.ctx.log.info("scan {}: its create had committed ({} in {})", scan_id,
+                              target_id, self.settings.target)
+        self._record_created(scan_id, marker, target_id, how)
+        return target_id, how
+
+    def _create_unmarked(self, scan_id: int, payload: dict[str, object]) -> tuple[int, How]:
+        """Without a marker field: one create at most, ever, for this run's scan."""
+        s = self.settings
+        if self.ctx.checkpoint.get(_keys(scan_id)[0]) is not None:
+            raise PermanentError(
+                f"an earlier create may have made it in {s.target}; with marker_field null "
+                "it cannot be looked up, so it is not created again (check the target)")
+        self._record_intent(scan_id, s.marker(scan_id))
+        try:
+            with connection(self.target):
+                target_id = self.target.create_scan(payload)
+        except TransientError as exc:
+            raise PermanentError(f"{exc}; with marker_field null it is not retried: it may "
+                                 f"exist in {s.target} (check the target)") from exc
+        self._record_created(scan_id, s.marker(scan_id), target_id, How.CREATED)
+        return target_id, How.CREATED
+
+    def _record_intent(self, scan_id: int, marker: str) -> None:
+        s = self.settings
+        self.ctx.checkpoint.record(_keys(scan_id)[0], marker=marker)
+        self.ledger.intent(s.key(scan_id), marker, s.run_id)
+
+    def _record_created(self, scan_id: int, marker: str, target_id: int, how: How) -> None:
+        s = self.settings
+        self.ctx.checkpoint.record(_keys(scan_id)[1], target_scan_id=target_id,
+                                   marker=marker, how=how.value)
+        self.ledger.copied(s.key(scan_id), marker, s.run_id, target_id)

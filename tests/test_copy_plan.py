@@ -1,0 +1,195 @@
+"""The pure parts of ``copy`` (payload, marker, batch retry, ETA) and the copy ledger."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.copyledger import CopyKey, CopyLedger, key_lock
+from daemon.errors import PermanentError
+from daemon.instances.base import FileRef, Scan, ScanDetails
+from handlers.base import ItemStatus
+from handlers.copy_plan import (
+    ScanOutcome,
+    Stage,
+    Tries,
+    batch_retry,
+    batch_shares,
+    build_payload,
+    eta_text,
+    failed,
+    marker_value,
+)
+
+RAW = {
+    "store": 3, "files": [11, 12], "captured_at": "2025-08-01T12:00:00+00:00",
+    "category_id": 7, "section_id": 70, "store_planogram": 700, "aisle": "Aisle 2/3",
+    "task_id": 90001, "replace_id": None, "id": 5, "created_at": "x", "updated_at": "y",
+    "device": "phone", "note": "«seeded»", "scanrelay_ref": "old-marker",
+}
+
+
+def platform_scan(raw: dict[str, object] | None = None, **kw: object) -> Scan:
+    base: dict[str, object] = {
+        "id": 42, "store_id": 3, "status": "done", "has_report": True,
+        "captured_at": "2025-08-01T12:00:00+00:00", "created_at": "2025-08-01T12:07:00+00:00",
+        "provided_values": {"_raw_data": dict(RAW if raw is None else raw)},
+        "files": (FileRef(11), FileRef(12)),
+        "details": ScanDetails(section_name="Cola", pre_pog=71.5)}
+    base.update(kw)
+    return Scan(**base)  # type: ignore[arg-type]
+
+
+def test_auto_drops_assignment_and_bookkeeping_and_sets_the_rest() -> None:
+    payload = build_payload(platform_scan(), mode="auto", store=9, upload_ids=[501, 502],
+                            marker_field="scanrelay_ref", marker="prod:42:9",
+                            with_details=False)
+    assert payload == {"store": 9, "files": [501, 502],
+                       "captured_at": "2025-08-01T12:00:00+00:00", "device": "phone",
+                       "note": "«seeded»", "scanrelay_ref": "prod:42:9"}
+
+
+def test_mapped_keeps_the_assignment_but_not_task_id() -> None:
+    payload = build_payload(platform_scan(), mode="mapped", store=9, upload_ids=[501, 502],
+                            marker_field="ref", marker="m", with_details=False)
+    assert payload["category_id"] == 7 and payload["section_id"] == 70
+    assert payload["store_planogram"] == 700 and payload["aisle"] == "Aisle 2/3"
+    assert "replace_id" in payload and payload["replace_id"] is None
+    for gone in ("task_id", "id", "created_at", "updated_at"):
+        assert gone not in payload
+    assert payload["ref"] == "m"
+    assert payload["scanrelay_ref"] == "old-marker"  # only the target's marker field is ours
+
+
+def test_no_marker_field_means_no_marker_and_folder_payloads_are_read_as_is() -> None:
+    folder_scan = platform_scan(provided_values={**RAW, "details": {"section_name": "x"}})
+    payload = build_payload(folder_scan, mode="auto", store=1, upload_ids=[1, 2],
+                            marker_field=None, marker="unused", with_details=True)
+    assert "unused" not in payload.values()
+    assert payload["details"]["section_name"] == "Cola"  # the scan's, not the payload's
+    assert payload["details"]["pre_pog"] == 71.5
+    assert payload["device"] == "phone"
+
+
+def test_capture_time_falls_back_to_creation_and_fails_without_either() -> None:
+    no_capture = platform_scan(raw={"device": "d"}, captured_at=None)
+    payload = build_payload(no_capture, mode="auto", store=1, upload_ids=[1],
+                            marker_field=None, marker=None, with_details=False)
+    assert payload["captured_at"] == "2025-08-01T12:07:00+00:00"
+    with pytest.raises(PermanentError, match="no capture time"):
+        build_payload(platform_scan(raw={}, captured_at=None, created_at=None), mode="auto",
+                      store=1, upload_ids=[1], marker_field=None, marker=None,
+                      with_details=False)
+
+
+def test_marker_is_per_source_scan_and_store_and_per_forced_run() -> None:
+    assert marker_value("prod", 42, 9) == "prod:42:9"
+    assert marker_value("prod", 42, 9, "20261121-231500-copy-3f9a1c") == \
+        "prod:42:9:20261121-231500-copy-3f9a1c"
+    assert len({marker_value("prod", 42, 9), marker_value("prod", 42, 8),
+                marker_value("qa", 42, 9), marker_value("prod", 43, 9)}) == 4
+
+
+def ok(scan_id: int, files: int = 2) -> ScanOutcome:
+    return ScanOutcome(scan_id, ItemStatus.OK, 1000 + scan_id,
+                       tries=Tries(files, files, files, files, 1, 1))
+
+
+def test_batch_retry_when_downloads_fall_under_80_percent() -> None:
+    outcomes = [ok(i) for i in range(7)] + [
+        failed(7, Stage.DOWNLOAD, "timed out", True, Tries(2, 1)),
+        failed(8, Stage.DOWNLOAD, "timed out", True, Tries(2, 0)),
+        failed(9, Stage.DOWNLOAD, "404", False, Tries(2, 1))]
+    assert batch_shares(outcomes)[0] == pytest.approx(16 / 20)  # 80 %: not under it
+    assert batch_retry(outcomes, 0) == []
+    outcomes.append(failed(10, Stage.DOWNLOAD, "reset", True, Tries(1, 0)))
+    assert batch_retry(outcomes, 0) == [7, 8, 10]  # the permanent failure is not retried
+    assert batch_retry(outcomes, 3) == []  # three retries are the most
+
+
+def test_batch_retry_on_creates_under_50_percent() -> None:
+    create_failed = [failed(i, Stage.CREATE, "503", True, Tries(2, 2, 2, 2, 1, 0))
+                     for i in range(3)]
+    assert batch_retry([ok(10), ok(11), ok(12), *create_failed], 0) == []  # 50 %
+    assert batch_retry([ok(10), ok(11), *create_failed], 1) == [0, 1, 2]
+
+
+def test_eta() -> None:
+    assert eta_text(0, 100, 5.0) == "?"
+    assert eta_text(25, 100, 10.0) == "0:00:30"
+    assert eta_text(1, 1000, 10.0) == "2:46:30"
+
+
+# ---- the copy ledger ----------------------------------------------------------------
+
+
+def test_ledger_remembers_copies_and_open_intents_across_connections(tmp_path: Path) -> None:
+    ledger = CopyLedger(tmp_path / "state")
+    key = CopyKey("prod", 42, "qa", 9)
+    assert ledger.state(key).copied_to is None
+    ledger.intent(key, "prod:42:9", "run-a")
+    assert ledger.state(key).open_markers == ("prod:42:9",)
+    ledger.copied(key, "prod:42:9", "run-a", 777)
+    ledger.close()
+    again = CopyLedger(tmp_path / "state")
+    state = again.state(key)
+    assert (state.copied_to, state.copied_by, state.open_markers) == (777, "run-a", ())
+    # A forced copy: a row of its own, the newest copy is the one reported.
+    again.intent(key, "prod:42:9:run-b", "run-b")
+    assert again.state(key).copied_to == 777
+    assert again.state(key).open_markers == ("prod:42:9:run-b",)
+    time.sleep(0.01)
+    again.copied(key, "prod:42:9:run-b", "run-b", 888)
+    assert again.state(key).copied_to == 888 and again.state(key).open_markers == ()
+    # Another store or target instance is another copy.
+    states = again.states("prod", "qa", 9, [41, 42, 43])
+    assert set(states) == {42}
+    assert again.state(CopyKey("prod", 42, "qa", 8)).copied_to is None
+    assert again.state(CopyKey("prod", 42, "stage", 9)).copied_to is None
+    again.close()
+
+
+def test_ledger_states_handles_more_ids_than_one_query_takes(tmp_path: Path) -> None:
+    ledger = CopyLedger(tmp_path)
+    for i in range(1, 1201, 3):
+        ledger.copied(CopyKey("s", i, "t", 1), f"s:{i}:1", "r", i + 10_000)
+    states = ledger.states("s", "t", 1, list(range(1, 1201)))
+    assert len(states) == 400 and states[1198].copied_to == 11198
+    ledger.close()
+
+
+def test_key_lock_serialises_one_key_only() -> None:
+    a, b = CopyKey("s", 1, "t", 1), CopyKey("s", 2, "t", 1)
+    other_key, same_key = threading.Event(), threading.Event()
+
+    def take(key: CopyKey, event: threading.Event) -> None:
+        with key_lock(key):
+            event.set()
+
+    with key_lock(a):
+        threading.Thread(target=take, args=(b, other_key)).start()
+        assert other_key.wait(2), "another key must not wait"
+        waiter = threading.Thread(target=take, args=(a, same_key))
+        waiter.start()
+        assert not same_key.wait(0.2), "the same key must wait"
+    assert same_key.wait(2)
+    waiter.join()
+
+
+def test_checkpoint_forget_frees_memory_but_keeps_the_journal(tmp_path: Path) -> None:
+    from daemon.checkpoint import Checkpoint
+    from handlers.copy_scan import superseded
+
+    journal = Checkpoint(tmp_path)
+    for key in superseded(7, [70, 71]):
+        journal.record(key, upload_id=1)
+    journal.record("copy:created:7", target_scan_id=9, marker="m", how="created")
+    journal.forget(superseded(7, [70, 71]) + ["not-there"])
+    assert [r["key"] for r in journal.records()] == ["copy:created:7"]
+    journal.close()
+    reloaded = Checkpoint(tmp_path)
+    assert reloaded.get("copy:up:7:71") == {"key": "copy:up:7:71", "upload_id": 1}
+    reloaded.close()

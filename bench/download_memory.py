@@ -50,7 +50,7 @@ for folder in (REPO, REPO / "tests"):  # `daemon` and the tests' `refserver` and
 RSS_LIMIT_MB = 150.0
 FLAT_MB = 10.0
 RATIO_GOAL = 0.80
-MB = 1_000_000
+MB = 1_000_000  # RSS and rates are in decimal MB; sizes in KiB, MiB, GiB
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 PASSWORD_ENV = "SCANRELAY_BENCH_API_PASSWORD"
 DB_PASSWORD_ENV = "SCANRELAY_BENCH_DB_PASSWORD"
@@ -79,8 +79,8 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None,
     proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stdout.close()
     # Linux reports ru_maxrss in KiB.
-    return Proc(out, proc.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime,
-                wall)
+    return Proc(out, proc.returncode, usage.ru_maxrss * 1024 / MB,
+                usage.ru_utime + usage.ru_stime, wall)
 
 
 # --- the child: one fetch, as handlers/download.py does it ---------------------------
@@ -153,7 +153,7 @@ def parse_size(text: str) -> int:
 def label(size: int) -> str:
     for unit, factor in sorted(UNITS.items(), key=lambda u: -u[1]):
         if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}B"
+            return f"{size // factor} {unit}iB"
     return f"{size} B"
 
 

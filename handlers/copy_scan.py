@@ -214,7 +214,23 @@ class ScanCopier:
                 return path, str(record["filename"])
         self.ctx.check_stop()
         tally.downloads += 1
-        folder = self.tmp / str(scan.id)
+        try:
+            path, filename, sink = self._fetch_to_tmp(scan.id, ref)
+        except (PermanentError, TransientError) as exc:
+            raise StepFailed(Stage.DOWNLOAD, exc) from exc
+        except OSError as exc:  # the local disk (full, gone): may pass; the run goes on
+            raise StepFailed(Stage.DOWNLOAD, TransientError(
+                f"cannot write the file locally: {exc}")) from exc
+        tally.downloads_ok += 1
+        tally.bytes += sink.size
+        self.ctx.checkpoint.record(key, path=str(path.relative_to(self.ctx.run_dir)),
+                                   size=sink.size, sha256=sink.sha256, filename=filename)
+        return path, filename
+
+    def _fetch_to_tmp(self, scan_id: int, ref: FileRef) -> tuple[Path, str, HashingSink]:
+        """Stream ``ref`` into ``.copy/<scan>/``: (its path, original name, the sink).
+        Raises what ``fetch_file`` raises, and ``OSError`` for the local file."""
+        folder = self.tmp / str(scan_id)
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{ref.file_id}.", suffix=".part")
         tmp = Path(tmp_name)
@@ -229,17 +245,10 @@ class ScanCopier:
                         or f"{ref.file_id}.{extension(None, sink.head)}")
             path = folder / f"{ref.file_id}.{extension(filename, sink.head)}"
             os.replace(tmp, path)
-        except (PermanentError, TransientError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise StepFailed(Stage.DOWNLOAD, exc) from exc
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        tally.downloads_ok += 1
-        tally.bytes += sink.size
-        self.ctx.checkpoint.record(key, path=str(path.relative_to(self.ctx.run_dir)),
-                                   size=sink.size, sha256=sink.sha256, filename=filename)
-        return path, filename
+        return path, filename, sink
 
     # --- the create, exactly once --------------------------------------------------
 

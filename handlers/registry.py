@@ -1,20 +1,24 @@
-"""Action name → handler."""
+"""Action name → handler, imported on first use: ``analyze`` brings pandas and openpyxl
+(about 50 MB of memory), which a daemon that only downloads never needs."""
 
 from __future__ import annotations
 
+import importlib
+from typing import cast
+
 from daemon.errors import FatalError
-from handlers import analyze, copy, download
 from handlers.base import Handler
 
-HANDLERS: dict[str, Handler] = {
-    "download": download.run,
-    "analyze": analyze.run,
-    "copy": copy.run,
+MODULES = {
+    "download": "handlers.download",
+    "copy": "handlers.copy",
+    "analyze": "handlers.analyze",
 }
 
 
 def handler_for(action: str) -> Handler:
-    try:
-        return HANDLERS[action]
-    except KeyError:
-        raise FatalError(f"the {action} action is not available in this version") from None
+    """The ``run`` function of the action's module. Raises ``FatalError`` if unknown."""
+    module = MODULES.get(action)
+    if module is None:
+        raise FatalError(f"the {action} action is not available in this version")
+    return cast(Handler, importlib.import_module(module).run)

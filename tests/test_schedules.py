@@ -133,6 +133,10 @@ def test_fire_missed_beyond_grace_is_skipped_and_logged(tmp_path: Path) -> None:
     [row] = cli_json(root, "schedules")
     assert row["last_fire"] == fire.isoformat() and row["outcome"].startswith("missed")
     assert row["next_fire"] == (fire + timedelta(days=1)).isoformat() and not row["overdue"]
+    status = cli_json(root, "status")
+    assert status["daemon"]["up"] is False
+    assert status["schedules"] == [{"job": "schedule:late", "next_fire": row["next_fire"],
+                                    "overdue": False}]
 
 
 @pytest.mark.slow

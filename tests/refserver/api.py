@@ -71,9 +71,24 @@ class State:
     blob_gate: Gate = field(default_factory=Gate)
     blob_base: str = ""
     reject_auth_on_blob: bool = True
+    echo_errors: bool = False  # 4xx bodies echo the request, headers included
     received_creates: list[ReceivedCreate] = field(default_factory=list)
     blob_requests: list[RecordedRequest] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+
+
+def with_echo(reply: Reply, headers: dict[str, str], body: bytes) -> Reply:
+    """A 4xx JSON reply that also echoes the request, headers and body, as careless
+    servers do in their error pages: the client must keep secrets out of what it logs."""
+    if not 400 <= reply.status < 500 or reply.stream is not None:
+        return reply
+    try:
+        data = parse_json(reply.body)
+    except ValueError:
+        return reply
+    echo = {"headers": headers, "body": body[:4000].decode("utf-8", errors="replace")}
+    merged = {**data, "echo": echo} if isinstance(data, dict) else {"detail": data, "echo": echo}
+    return json_reply(reply.status, merged)
 
 
 def route(method: str, path: str) -> tuple[Endpoint, int | None]:

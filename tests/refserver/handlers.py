@@ -211,6 +211,9 @@ class ApiHandler(_Handler):
             try:
                 incoming = self._read(endpoint, file_id)
                 answer = self._decide(incoming)
+                if self.state.echo_errors and answer.reply is not None:
+                    answer.reply = api.with_echo(answer.reply, dict(self.headers),
+                                                 incoming.body)
             except BadRequest as exc:
                 answer = Answer(400, json_reply(400, {"detail": str(exc)}), close=True)
             except (ConnectionError, TimeoutError):

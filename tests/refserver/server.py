@@ -39,6 +39,7 @@ class RefServer:
         processing_delay: float = 0.2,
         url_ttl: float = 3600.0,
         reject_auth_on_blob: bool = True,
+        echo_errors: bool = False,
         pool_size: int = 32,
     ) -> None:
         self.dsn = dsn
@@ -59,6 +60,7 @@ class RefServer:
             stats=self.stats,
             processor=self.processing,
             reject_auth_on_blob=reject_auth_on_blob,
+            echo_errors=echo_errors,
         )
         self._servers: list[Server] = []
         self._threads: list[threading.Thread] = []

@@ -108,7 +108,9 @@ def _keys(scan_id: int) -> tuple[str, str]:
 
 
 def superseded(scan_id: int, file_ids: list[int]) -> list[str]:
-    """The records a ``copy:created`` record makes redundant (memory stays flat)."""
+    """The records a ``copy:created`` record makes redundant. They are dropped from the
+    checkpoint's memory (never from its journal), so memory does not grow with the run;
+    the ``copy:created`` record itself is dropped once its outcome is taken."""
     return [f"copy:{step}:{scan_id}:{f}" for f in file_ids for step in ("down", "up")] \
         + [_keys(scan_id)[0]]
 
@@ -151,6 +153,7 @@ class ScanCopier:
                     self.ledger.copied(s.key(scan_id), record["marker"], s.run_id, target_id)
                 status = ItemStatus.SKIPPED if how is How.EXISTING else ItemStatus.OK
                 out[scan_id] = ScanOutcome(scan_id, status, target_id, how, reused=1)
+                self.ctx.checkpoint.forget([_keys(scan_id)[1]])  # memory stays flat
             elif not s.force and state is not None and state.copied_to is not None:
                 out[scan_id] = existing_outcome(scan_id, state.copied_to)
         return out
@@ -174,7 +177,9 @@ class ScanCopier:
                     "scan {} failed at {}: {}", scan.id, exc.stage.value, exc.error)
                 return failed(scan.id, exc.stage, str(exc.error), transient, tally.tries())
         shutil.rmtree(self.tmp / str(scan.id), ignore_errors=True)
-        self.ctx.checkpoint.forget(superseded(scan.id, [ref.file_id for ref in scan.files]))
+        # The outcome carries what the records say; the journal keeps them for a resume.
+        self.ctx.checkpoint.forget([*superseded(scan.id, [ref.file_id for ref in scan.files]),
+                                    _keys(scan.id)[1]])
         status = ItemStatus.SKIPPED if how is How.EXISTING else ItemStatus.OK
         return ScanOutcome(scan.id, status, target_id, how, files=tally.files,
                            bytes=tally.bytes, reused=tally.reused, tries=tally.tries())

@@ -21,7 +21,7 @@ from daemon.fsutil import is_ignored_name
 from daemon.instances.registry import Instances
 from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
 from daemon.layout import Layout
-from daemon.ledger import Ledger
+from daemon.ledger import LEDGER_FILE, Ledger, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.readers import read_request_file
 from daemon.request import parse_request
@@ -76,7 +76,7 @@ def once(file: Path, config: ConfigOpt = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ledger, instances = Ledger(layout.state / "ledger.sqlite"), Instances(cfg)
+    ledger, instances = Ledger(layout.state / LEDGER_FILE), Instances(cfg)
     with ProgressBars(console) as bars:
         status = Runner(cfg, layout, ledger, instances, stop, bars.update).process(claimed)
     instances.close()
@@ -220,8 +220,8 @@ def retry(run_id: str, config: ConfigOpt = None) -> None:
     from daemon.submit import drop_request
 
     cfg = _config(config)
-    layout = Layout(cfg.root)
-    record = Ledger(layout.ensure().state / "ledger.sqlite").get(run_id)
+    ledger = read_ledger(Layout(cfg.root).state)
+    record = ledger.get(run_id) if ledger else None
     sidecar = Path(f"{record.final_path}.retry.json") if record and record.final_path else None
     if sidecar is None or not sidecar.exists():
         err.print(f"{run_id}: no failed scans to retry (no retry.json for this run)")
@@ -288,8 +288,8 @@ def runs(failed: Annotated[bool, typer.Option("--failed")] = False,
          limit: int = 50, config: ConfigOpt = None) -> None:
     """Run history, newest first."""
     cfg = _config(config)
-    ledger = Ledger(Layout(cfg.root).ensure().state / "ledger.sqlite")
-    records = ledger.recent(limit, failed_only=failed)
+    ledger = read_ledger(Layout(cfg.root).state)
+    records = ledger.recent(limit, failed_only=failed) if ledger else []
     if as_json:
         print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
         return
@@ -310,7 +310,8 @@ def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
     layout = Layout(cfg.root)
     data = RunState.load(layout.runs / run_id)
     if data is None:
-        record = Ledger(layout.ensure().state / "ledger.sqlite").get(run_id)
+        ledger = read_ledger(layout.state)
+        record = ledger.get(run_id) if ledger else None
         if record is None:
             err.print(f"no run {run_id}")
             raise typer.Exit(1)

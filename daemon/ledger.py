@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+LEDGER_FILE = "ledger.sqlite"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     claim_id    TEXT PRIMARY KEY,
@@ -55,9 +56,14 @@ class RequestRecord:
 class Ledger:
     """Request history. Thread-safe."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly`` for the CLI's readers: they may lack write access to ``state/``."""
         self._lock = threading.Lock()
+        if readonly:
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                       check_same_thread=False, timeout=30)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -119,3 +125,10 @@ class Ledger:
             values["counts"] = json.loads(values["counts"] or "{}")
             records.append(RequestRecord(**values))
         return records
+
+
+def read_ledger(state: Path) -> Ledger | None:
+    """The ledger of ``state/`` opened read-only for a reader (the CLI), or None if the
+    daemon never ran there: a reader must not create the daemon's files."""
+    path = state / LEDGER_FILE
+    return Ledger(path, readonly=True) if path.exists() else None

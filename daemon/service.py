@@ -29,7 +29,7 @@ from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
 from daemon.intake.watcher import InboxWatcher, PathQueue, list_inbox
 from daemon.layout import Layout
-from daemon.ledger import Ledger
+from daemon.ledger import LEDGER_FILE, Ledger
 from daemon.notify import Notifier
 from daemon.outcomes import RunStatus
 from daemon.runner import Runner, refuse
@@ -45,7 +45,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.layout = Layout(config.root).ensure(sorted(config.profiles))
-        self.ledger = Ledger(self.layout.state / "ledger.sqlite")
+        self.ledger = Ledger(self.layout.state / LEDGER_FILE)
         self.instances = Instances(config)
         self.stop = threading.Event()
         self.runner = Runner(config, self.layout, self.ledger, self.instances, self.stop)

@@ -17,7 +17,7 @@ from daemon.config import Config
 from daemon.intake.claim import pending_claims
 from daemon.intake.watcher import list_inbox
 from daemon.layout import Layout
-from daemon.ledger import Ledger
+from daemon.ledger import read_ledger
 from daemon.runstate import RunState
 from daemon.schedule.report import next_schedules
 
@@ -82,10 +82,9 @@ def _in_flight(layout: Layout) -> list[dict[str, Any]]:
 
 
 def _last_results(layout: Layout, limit: int = 5) -> list[dict[str, Any]]:
-    path = layout.state / "ledger.sqlite"
-    if not path.exists():
+    ledger = read_ledger(layout.state)
+    if ledger is None:
         return []
-    ledger = Ledger(path)
     try:
         return [{"run_id": r.run_id, "request": r.name, "status": r.status,
                  "finished_at": r.finished_at, "counts": r.counts}

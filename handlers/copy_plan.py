@@ -83,8 +83,8 @@ class ScanOutcome:
     error: str | None = None
     transient: bool = False
     stage: Stage | None = None
-    files: int = 0  # files now uploaded to the target
-    bytes: int = 0  # bytes moved by this attempt
+    files: int = 0  # the scan's files in the target
+    bytes: int = 0  # their bytes
     reused: int = 0  # steps taken from the checkpoint instead of redone
     tries: Tries = field(default_factory=Tries)
 

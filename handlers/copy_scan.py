@@ -6,10 +6,14 @@ Checkpoint records (``ctx.checkpoint``, the fsynced journal; ``S`` = source scan
 
 - ``copy:down:S:F``: the file is in ``.copy/S/`` of the run folder
   (``path, size, sha256, filename``); reused after a crash only if size and hash match;
-- ``copy:up:S:F``: uploaded to the target as ``upload_id`` (the temp file is removed);
+- ``copy:up:S:F``: uploaded to the target as ``upload_id`` (``filename, size``); the
+  temp file is removed;
 - ``copy:intent:S``: about to create the target scan carrying ``marker``;
 - ``copy:created:S``: the target scan ``target_scan_id`` exists (``how``: created by
-  this run, recovered by its marker, or an existing copy found by another run's marker).
+  this run, recovered by its marker, or an existing copy; ``marker, files, bytes``).
+
+Once a scan is created its records are dropped from the checkpoint's memory (the
+journal keeps them), so memory does not grow with the number of scans.
 
 Exactly once (SPEC §8): before creating, the intent is journalled and put into the copy
 ledger; a create that fails without a clear answer (reset, timeout, 5xx) is followed by
@@ -103,6 +107,15 @@ class _Tally:
                      self.creates, self.creates_ok)
 
 
+@dataclass(frozen=True)
+class _Made:
+    """How a scan's target copy came to be; ``marker`` None: nothing for the ledger."""
+
+    target_id: int
+    how: How
+    marker: str | None
+
+
 def _keys(scan_id: int) -> tuple[str, str]:
     return f"copy:intent:{scan_id}", f"copy:created:{scan_id}"
 
@@ -149,10 +162,14 @@ class ScanCopier:
             state = states.get(scan_id)
             if record is not None:
                 target_id, how = int(record["target_scan_id"]), How(record["how"])
-                if state is None or state.copied_to != target_id:  # crashed in between
-                    self.ledger.copied(s.key(scan_id), record["marker"], s.run_id, target_id)
+                marker = record.get("marker")
+                if marker and (state is None or state.copied_to != target_id):
+                    # the crash fell between the journal and the ledger
+                    self.ledger.copied(s.key(scan_id), marker, s.run_id, target_id)
                 status = ItemStatus.SKIPPED if how is How.EXISTING else ItemStatus.OK
-                out[scan_id] = ScanOutcome(scan_id, status, target_id, how, reused=1)
+                out[scan_id] = ScanOutcome(scan_id, status, target_id, how,
+                                           files=record.get("files", 0),
+                                           bytes=record.get("bytes", 0), reused=1)
                 self.ctx.checkpoint.forget([_keys(scan_id)[1]])  # memory stays flat
             elif not s.force and state is not None and state.copied_to is not None:
                 out[scan_id] = existing_outcome(scan_id, state.copied_to)
@@ -193,8 +210,9 @@ class ScanCopier:
         if record is not None:
             tally.reused += 1
             tally.files += 1
+            tally.bytes += int(record.get("size", 0))
             return int(record["upload_id"])
-        path, filename = self._download(scan, ref, tally)
+        path, filename, size = self._download(scan, ref, tally)
         self.ctx.check_stop()
         tally.uploads += 1
         try:
@@ -204,19 +222,20 @@ class ScanCopier:
             raise StepFailed(Stage.UPLOAD, exc) from exc
         tally.uploads_ok += 1
         tally.files += 1
-        self.ctx.checkpoint.record(key, upload_id=upload_id, filename=filename)
+        tally.bytes += size
+        self.ctx.checkpoint.record(key, upload_id=upload_id, filename=filename, size=size)
         path.unlink(missing_ok=True)  # disk use stays at the files in flight
         return upload_id
 
-    def _download(self, scan: Scan, ref: FileRef, tally: _Tally) -> tuple[Path, str]:
-        """The local copy of ``ref`` and its original name (reused when still whole)."""
+    def _download(self, scan: Scan, ref: FileRef, tally: _Tally) -> tuple[Path, str, int]:
+        """The local copy of ``ref``, its original name and size (reused when whole)."""
         key = f"copy:down:{scan.id}:{ref.file_id}"
         record = self.ctx.checkpoint.get(key)
         if record is not None:
             path = self.ctx.run_dir / record["path"]
             if is_complete(path, record["size"], record["sha256"]):
                 tally.reused += 1
-                return path, str(record["filename"])
+                return path, str(record["filename"]), int(record["size"])
         self.ctx.check_stop()
         tally.downloads += 1
         try:
@@ -227,10 +246,9 @@ class ScanCopier:
             raise StepFailed(Stage.DOWNLOAD, TransientError(
                 f"cannot write the file locally: {exc}")) from exc
         tally.downloads_ok += 1
-        tally.bytes += sink.size
         self.ctx.checkpoint.record(key, path=str(path.relative_to(self.ctx.run_dir)),
                                    size=sink.size, sha256=sink.sha256, filename=filename)
-        return path, filename
+        return path, filename, sink.size
 
     def _fetch_to_tmp(self, scan_id: int, ref: FileRef) -> tuple[Path, str, HashingSink]:
         """Stream ``ref`` into ``.copy/<scan>/``: (its path, original name, the sink).
@@ -258,10 +276,6 @@ class ScanCopier:
     # --- the create, exactly once --------------------------------------------------
 
     def _create(self, scan: Scan, upload_ids: list[int], tally: _Tally) -> tuple[int, How]:
-        intent_key, created_key = _keys(scan.id)
-        record = self.ctx.checkpoint.get(created_key)
-        if record is not None:
-            return int(record["target_scan_id"]), How(record["how"])
         s = self.settings
         marker = s.marker(scan.id)
         tally.creates += 1
@@ -270,24 +284,26 @@ class ScanCopier:
                                     marker_field=s.marker_field, marker=marker,
                                     with_details=s.with_details)
             if s.marker_field is None:
-                result = self._create_unmarked(scan.id, payload)
+                made = self._create_unmarked(scan.id, payload)
+                self._record_created(scan.id, made, tally)
             else:
-                with key_lock(s.key(scan.id)):
-                    result = self._look_up_earlier(scan.id, s.marker_field, marker) \
+                with key_lock(s.key(scan.id)):  # look up, create and record as one
+                    made = self._look_up_earlier(scan.id, s.marker_field, marker) \
                         or self._create_marked(scan.id, payload, s.marker_field, marker)
+                    self._record_created(scan.id, made, tally)
         except (PermanentError, TransientError) as exc:
             raise StepFailed(Stage.CREATE, exc) from exc
         tally.creates_ok += 1
-        return result
+        return made.target_id, made.how
 
-    def _look_up_earlier(self, scan_id: int, field: str, marker: str) -> tuple[int, How] | None:
+    def _look_up_earlier(self, scan_id: int, field: str, marker: str) -> _Made | None:
         """A copy that exists already: in the ledger (a concurrent run finished it), or
         found by the marker of an unconfirmed create (this run's; for a plain copy,
         any run's)."""
         s = self.settings
         state = self.ledger.state(s.key(scan_id))
         if not s.force and state.copied_to is not None:
-            return state.copied_to, How.EXISTING
+            return _Made(state.copied_to, How.EXISTING, None)  # the ledger has it already
         ours = self.ctx.checkpoint.get(_keys(scan_id)[0]) is not None
         candidates = [marker] if ours else []
         if not s.force:
@@ -298,12 +314,11 @@ class ScanCopier:
                 how = How.RECOVERED if ours and candidate == marker else How.EXISTING
                 self.ctx.log.info("scan {}: found its copy {} in {} by marker {}", scan_id,
                                   found, s.target, candidate)
-                self._record_created(scan_id, candidate, found, how)
-                return found, how
+                return _Made(found, how, candidate)
         return None
 
     def _create_marked(self, scan_id: int, payload: dict[str, object], field: str,
-                       marker: str) -> tuple[int, How]:
+                       marker: str) -> _Made:
         self._record_intent(scan_id, marker)
         asked = False
 
@@ -322,10 +337,9 @@ class ScanCopier:
         if how is How.RECOVERED:
             self.ctx.log.info("scan {}: its create had committed ({} in {})", scan_id,
                               target_id, self.settings.target)
-        self._record_created(scan_id, marker, target_id, how)
-        return target_id, how
+        return _Made(target_id, how, marker)
 
-    def _create_unmarked(self, scan_id: int, payload: dict[str, object]) -> tuple[int, How]:
+    def _create_unmarked(self, scan_id: int, payload: dict[str, object]) -> _Made:
         """Without a marker field: one create at most, ever, for this run's scan."""
         s = self.settings
         if self.ctx.checkpoint.get(_keys(scan_id)[0]) is not None:
@@ -339,16 +353,17 @@ class ScanCopier:
         except TransientError as exc:
             raise PermanentError(f"{exc}; with marker_field null it is not retried: it may "
                                  f"exist in {s.target} (check the target)") from exc
-        self._record_created(scan_id, s.marker(scan_id), target_id, How.CREATED)
-        return target_id, How.CREATED
+        return _Made(target_id, How.CREATED, s.marker(scan_id))
 
     def _record_intent(self, scan_id: int, marker: str) -> None:
         s = self.settings
         self.ctx.checkpoint.record(_keys(scan_id)[0], marker=marker)
         self.ledger.intent(s.key(scan_id), marker, s.run_id)
 
-    def _record_created(self, scan_id: int, marker: str, target_id: int, how: How) -> None:
+    def _record_created(self, scan_id: int, made: _Made, tally: _Tally) -> None:
         s = self.settings
-        self.ctx.checkpoint.record(_keys(scan_id)[1], target_scan_id=target_id,
-                                   marker=marker, how=how.value)
-        self.ledger.copied(s.key(scan_id), marker, s.run_id, target_id)
+        self.ctx.checkpoint.record(_keys(scan_id)[1], target_scan_id=made.target_id,
+                                   marker=made.marker, how=made.how.value,
+                                   files=tally.files, bytes=tally.bytes)
+        if made.marker is not None:
+            self.ledger.copied(s.key(scan_id), made.marker, s.run_id, made.target_id)

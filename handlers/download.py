@@ -205,7 +205,7 @@ def _scan_results(batch: Batch, outcomes: list[FileOutcome]) -> list[ItemResult]
             results.append(ItemResult(scan_id, ItemStatus.FAILED, batch.missing[scan_id]))
         elif scan_id in errors:
             failed = errors[scan_id]
-            message = "; ".join(f"file {o.task.ref.file_id}: {o.error}" for o in failed)
+            message = "; ".join(o.error or "" for o in failed)  # each names its file
             results.append(ItemResult(scan_id, ItemStatus.FAILED, message,
                                       transient=all(o.transient for o in failed)))
         else:

@@ -14,14 +14,12 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.layout import Layout
-from daemon.ledger import Ledger
+from daemon.ledger import Ledger, read_ledger
 from daemon.schedule.cron import cron_trigger
 from daemon.schedule.lineage import outcome
 from daemon.schedule.scheduler import job_specs
 from daemon.schedule.state import FILE, FIRE, MISSED, RAN, RESERVED, WINDOW, Drop, SchedulerState
 from daemon.schedule.store import fingerprint
-
-LEDGER = "ledger.sqlite"
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ def schedule_rows(config: Config, now: datetime | None = None) -> list[ScheduleR
     layout = Layout(config.root)
     # A reader must not create the daemon's files: a missing one means "never ran".
     state = SchedulerState(layout.state / FILE) if (layout.state / FILE).exists() else None
-    ledger = Ledger(layout.state / LEDGER) if (layout.state / LEDGER).exists() else None
+    ledger = read_ledger(layout.state)
     try:
         saved = state.saved_jobs() if state else {}
         rows = []

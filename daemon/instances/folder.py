@@ -1,37 +1,7 @@
 """The ``folder`` kind (SPEC §9): an instance that is a folder of scans on disk.
 
-Layout under the root (nothing is ever written outside it)::
-
-    scans/<scan_id>/scan.json               the scan; written last, so it is visible
-                                            only once complete
-    scans/<scan_id>/files/<file_id>.<ext>   its files, named by file ID
-    .scanrelay/file-ids/<file_id>           the claim of a file ID (JSON, see below)
-    .scanrelay/uploads/<file_id>.<ext>      uploaded, not yet part of a scan
-
-``scan.json`` (UTF-8 JSON object)::
-
-    {
-      "id": 1001,                                  # equals the folder name
-      "store_id": 12,
-      "status": "done",
-      "has_report": true,
-      "captured_at": "2024-05-01T09:30:00+00:00",  # ISO 8601, or null
-      "created_at": "2024-05-01T09:31:12+00:00",   # ISO 8601, or null
-      "provided_values": {...},                    # the create payload, as the platform
-                                                   # keeps provided_values->'_raw_data'
-      "files": [{"file_id": 7, "file_type": "image", "filename": "IMG_1.png"}],
-      "details": {...ScanDetails fields...}        # or null: no report yet
-    }
-
-``details`` takes the field names of ``base.ScanDetails``; missing ones are null
-(``is_additional_section``: false), unknown ones make the file corrupt.
-
-IDs: a scan ID is claimed by ``mkdir scans/<id>`` and a file ID by an ``O_EXCL`` create
-of ``.scanrelay/file-ids/<id>`` (holding ``{"filename", "name"}``: the original and the
-stored file name). Both are atomic across threads and processes, also on NFS. Claims
-are never removed, so an ID is never handed out twice. An instance starts from the
-highest ID in use plus one (file IDs found under ``scans/`` count too, for hand-made
-folders) and goes up from there, skipping IDs other processes took meanwhile.
+The on-disk format (layout, ``scan.json``, ID claims) is described and implemented in
+``daemon.instances.folder_format``; this module is the instance on top of it.
 
 Finding things: scans are never rewritten, so each instance keeps a small in-memory
 catalog (file ID → scan, and marker value → scan for each marker field asked about)
@@ -50,12 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,14 +32,29 @@ from loguru import logger
 from daemon.config import FolderInstanceConfig
 from daemon.errors import FatalError, PermanentError, TransientError
 from daemon.fsutil import atomic_writer, fsync_dir
-from daemon.instances.base import FetchedFile, FileRef, Scan, ScanDetails, Selection
+from daemon.instances.base import FetchedFile, FileRef, Scan, Selection
+from daemon.instances.folder_format import (
+    ID_NAME,
+    SCAN_JSON,
+    STATE_DIR,
+    Upload,
+    age_key,
+    claim_file_id,
+    claim_scan_id,
+    claimed_file_ids,
+    encode,
+    extension,
+    matches,
+    now,
+    parse_payload,
+    read_claim,
+    scan_from_json,
+    scan_to_json,
+    stored_file,
+    stored_file_ids,
+)
 
 CHUNK = 1024 * 1024
-SCAN_JSON = "scan.json"
-STATE_DIR = ".scanrelay"
-ID_NAME = re.compile(r"[1-9][0-9]*")  # canonical decimal: "012" is not scan 12
-EXTENSION = re.compile(r"[a-z0-9]{1,10}")
-DETAIL_TYPES = {f.name: str(f.type) for f in fields(ScanDetails)}  # e.g. "int | None"
 
 
 @dataclass
@@ -90,13 +73,6 @@ class _Catalog:
             value = scan.provided_values.get(name)
             if isinstance(value, str):
                 index.setdefault(value, scan.id)
-
-
-@dataclass(frozen=True)
-class _Upload:
-    file_id: int
-    filename: str | None
-    name: str  # the stored file name, <file_id>.<ext>
 
 
 class FolderInstance:
@@ -142,8 +118,8 @@ class FolderInstance:
         whole selection (``get_scans`` on it reports it)."""
         chosen: list[tuple[tuple[int, float, int], int]] = []
         for scan in self._all_scans():
-            if _matches(scan, selection):
-                chosen.append((_age_key(scan), scan.id))
+            if matches(scan, selection):
+                chosen.append((age_key(scan), scan.id))
         ids = [scan_id for _, scan_id in sorted(chosen)]
         return ids if selection.limit is None else ids[: max(selection.limit, 0)]
 
@@ -178,7 +154,7 @@ class FolderInstance:
         """Copy ``path`` into the uploads (temp + rename); returns its new file ID."""
         self.ensure_layout()
         filename = filename.encode("utf-8", "replace").decode()  # lone surrogates: "?"
-        ext = _extension(filename)
+        ext = extension(filename)
         file_id = self._claim_file_id(filename, ext)
         with self._io(f"upload {filename!r}"), Path(path).open("rb") as src, \
                 atomic_writer(self._uploads / f"{file_id}.{ext}", "wb") as out:
@@ -190,14 +166,14 @@ class FolderInstance:
         """Create a scan from ``payload`` ({store, files, captured_at, ...}; optional
         ``details``). ``scan_id`` asks for a given ID (seeding, imports): PermanentError
         if it is taken. An invalid payload or unknown upload: PermanentError."""
-        request = _parse_payload(payload)
+        request = parse_payload(payload)
         uploads = [self._staged_upload(file_id) for file_id in request.file_ids]
         self.ensure_layout()
         new_id = self._claim_scan_id(scan_id)
         scan = Scan(
             id=new_id, store_id=request.store_id, status="done",
             has_report=request.details is not None, captured_at=request.captured_at,
-            created_at=_now(), provided_values=request.provided,
+            created_at=now(), provided_values=request.provided,
             files=tuple(FileRef(u.file_id, "image", u.filename) for u in uploads),
             details=request.details,
         )
@@ -223,7 +199,7 @@ class FolderInstance:
         except OSError as exc:
             raise self._classify(exc, f"scan {scan_id}: cannot read {path}") from exc
         try:
-            return _scan_from_json(json.loads(raw), scan_id)
+            return scan_from_json(json.loads(raw), scan_id)
         except (ValueError, TypeError) as exc:  # JSON and UTF-8 errors are ValueErrors
             raise PermanentError(
                 f"{self.name}: scan {scan_id}: corrupt {path}: {exc}") from exc
@@ -302,8 +278,7 @@ class FolderInstance:
             return None
         except OSError as exc:
             raise self._classify(exc, f"cannot list {folder}") from exc
-        stem = str(file_id)
-        match = next((n for n in names if n == stem or n.startswith(stem + ".")), None)
+        match = stored_file(names, file_id)
         return folder / match if match else None
 
     # ---- IDs -----------------------------------------------------------------------
@@ -322,49 +297,30 @@ class FolderInstance:
                     self._next_scan_id = max(self._next_scan_id, wanted + 1)
             return wanted
         with self._alloc_lock, self._io("allocate a scan ID"):
-            candidate = self._next_scan_id or max(self._scan_ids_on_disk(), default=0) + 1
-            while True:
-                try:
-                    self._scan_dir(candidate).mkdir()
-                    break
-                except FileExistsError:  # taken by another thread or process: next
-                    candidate += 1
+            first = self._next_scan_id or max(self._scan_ids_on_disk(), default=0) + 1
+            candidate = claim_scan_id(self._scans, first)
             self._next_scan_id = candidate + 1
             return candidate
 
     def _claim_file_id(self, filename: str, ext: str) -> int:
         with self._alloc_lock, self._io("allocate a file ID"):
-            candidate = self._next_file_id or self._highest_file_id() + 1
-            while True:
-                try:
-                    fd = os.open(self._claims / str(candidate),
-                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                    break
-                except FileExistsError:  # taken by another thread or process: next
-                    candidate += 1
-            with os.fdopen(fd, "wb") as out:
-                out.write(json.dumps({"filename": filename, "name": f"{candidate}.{ext}"},
-                                     ensure_ascii=False).encode())
+            first = self._next_file_id or self._highest_file_id() + 1
+            candidate = claim_file_id(self._claims, first, filename, ext)
             self._next_file_id = candidate + 1
             return candidate
 
     def _highest_file_id(self) -> int:
         """The highest file ID in use: claims, and files of hand-made scans."""
-        ids = [int(n) for n in os.listdir(self._claims) if ID_NAME.fullmatch(n)]
+        ids = claimed_file_ids(self._claims)
         for scan_id in self._scan_ids_on_disk():
             with suppress(FileNotFoundError, NotADirectoryError):
-                names = os.listdir(self._scan_dir(scan_id) / "files")
-                ids += [int(s) for s in (n.split(".", 1)[0] for n in names)
-                        if ID_NAME.fullmatch(s)]
+                ids += stored_file_ids(self._scan_dir(scan_id) / "files")
         return max(ids, default=0)
 
-    def _staged_upload(self, file_id: int) -> _Upload:
+    def _staged_upload(self, file_id: int) -> Upload:
         claim = self._claims / str(file_id)
         try:
-            data = json.loads(claim.read_bytes())
-            upload = _Upload(file_id, data["filename"], str(data["name"]))
-            if not re.fullmatch(rf"{upload.file_id}\.[a-z0-9]{{1,10}}", upload.name):
-                raise ValueError(f"bad stored name {upload.name!r}")
+            upload = read_claim(self._claims, file_id)
         except FileNotFoundError:
             raise PermanentError(f"{self.name}: unknown upload {file_id}") from None
         except (ValueError, TypeError, KeyError) as exc:
@@ -375,11 +331,11 @@ class FolderInstance:
 
     # ---- create --------------------------------------------------------------------
 
-    def _commit(self, scan: Scan, uploads: Sequence[_Upload]) -> None:
+    def _commit(self, scan: Scan, uploads: Sequence[Upload]) -> None:
         """Move the uploads in, then write scan.json last; undo on any failure."""
         folder = self._scan_dir(scan.id)
-        document = _encode(_scan_to_json(scan))  # before any move: nothing to undo if bad
-        moved: list[_Upload] = []
+        document = encode(scan_to_json(scan))  # before any move: nothing to undo if bad
+        moved: list[Upload] = []
         try:
             (folder / "files").mkdir()
             for upload in uploads:
@@ -397,7 +353,7 @@ class FolderInstance:
         with suppress(OSError):  # the scan is committed; some file systems refuse this
             fsync_dir(folder)
 
-    def _undo(self, folder: Path, moved: Sequence[_Upload]) -> None:
+    def _undo(self, folder: Path, moved: Sequence[Upload]) -> None:
         """Give the uploads back and drop the half-made scan; what fails stays invisible."""
         try:
             for upload in moved:
@@ -425,159 +381,3 @@ class FolderInstance:
             yield
         except OSError as exc:
             raise self._classify(exc, what) from exc
-
-
-# ---- scan.json ---------------------------------------------------------------------
-
-
-def _scan_to_json(scan: Scan) -> dict[str, Any]:
-    return {
-        "id": scan.id, "store_id": scan.store_id, "status": scan.status,
-        "has_report": scan.has_report, "captured_at": scan.captured_at,
-        "created_at": scan.created_at, "provided_values": dict(scan.provided_values),
-        "files": [{"file_id": f.file_id, "file_type": f.file_type, "filename": f.filename}
-                  for f in scan.files],
-        "details": None if scan.details is None else asdict(scan.details),
-    }
-
-
-def _scan_from_json(data: Any, scan_id: int) -> Scan:
-    """Raises ValueError/TypeError, naming the field, for anything not as documented."""
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    if _get(data, "id", "int") != scan_id:
-        raise ValueError(f"id {data['id']!r} does not match its folder")
-    provided = data.get("provided_values", {})
-    if not isinstance(provided, dict):
-        raise ValueError("provided_values: not an object")
-    files = data.get("files", [])
-    if not isinstance(files, list):
-        raise ValueError("files: not a list")
-    details = data.get("details")
-    return Scan(
-        id=scan_id, store_id=_get(data, "store_id", "int"),
-        status=_get(data, "status", "str"), has_report=_get(data, "has_report", "bool"),
-        captured_at=_get(data, "captured_at", "str | None"),
-        created_at=_get(data, "created_at", "str | None"),
-        provided_values=provided, files=tuple(_file_ref(f) for f in files),
-        details=None if details is None else _details(details),
-    )
-
-
-def _file_ref(data: Any) -> FileRef:
-    if not isinstance(data, dict):
-        raise ValueError("files: an entry is not an object")
-    return FileRef(file_id=_get(data, "file_id", "int"),
-                   file_type=data.get("file_type", "image") or "image",
-                   filename=_get(data, "filename", "str | None"))
-
-
-def _details(data: Any) -> ScanDetails:
-    if not isinstance(data, Mapping):
-        raise ValueError("details: not an object")
-    unknown = sorted(set(data) - set(DETAIL_TYPES))
-    if unknown:
-        raise ValueError(f"details: unknown field(s) {', '.join(map(str, unknown))}")
-    values = {name: _get(data, name, DETAIL_TYPES[name]) for name in data}
-    return ScanDetails(**values)
-
-
-def _get(data: Mapping[str, Any], key: str, declared: str) -> Any:
-    """``data[key]`` checked against a declared type such as ``"int | None"``."""
-    value = data.get(key)
-    if value is None and declared.endswith("| None"):
-        return None
-    base = declared.split(" | ")[0]
-    if base == "float" and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    expected = {"int": int, "str": str, "bool": bool}.get(base)
-    if expected is None or not isinstance(value, expected) or (
-            expected is int and isinstance(value, bool)):
-        raise ValueError(f"{key}: expected {declared}, found {value!r}")
-    return value
-
-
-# ---- payloads and selection --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Create:
-    store_id: int
-    file_ids: list[int]
-    captured_at: str | None
-    details: ScanDetails | None
-    provided: dict[str, Any]  # a private, JSON-clean copy of the whole payload
-
-
-def _parse_payload(payload: Mapping[str, Any]) -> _Create:
-    """What a create payload asks for, or PermanentError naming the bad field."""
-    try:
-        store = payload.get("store")
-        if isinstance(store, str) and store.isdigit():
-            store = int(store)
-        files = payload.get("files")
-        if not isinstance(files, list | tuple):
-            raise ValueError("files: expected a list of upload IDs")
-        file_ids = [_get({"files": f}, "files", "int") for f in files]
-        if len(set(file_ids)) != len(file_ids):
-            raise ValueError("files: an upload is listed twice")
-        captured_at = _get(payload, "captured_at", "str | None")
-        if captured_at is not None:
-            datetime.fromisoformat(captured_at)
-        details = payload.get("details")
-        return _Create(
-            store_id=_get({"store": store}, "store", "int"), file_ids=file_ids,
-            captured_at=captured_at, details=None if details is None else _details(details),
-            provided=json.loads(_encode(dict(payload))),
-        )
-    except (ValueError, TypeError) as exc:
-        raise PermanentError(f"invalid create payload: {exc}") from exc
-
-
-def _captured(scan: Scan) -> datetime | None:
-    if not scan.captured_at:
-        return None
-    try:
-        return datetime.fromisoformat(scan.captured_at)
-    except ValueError:
-        return None
-
-
-def _age_key(scan: Scan) -> tuple[int, float, int]:
-    """Oldest first; scans without a (valid) capture time last, as NULLS LAST does."""
-    captured = _captured(scan)
-    if captured is None:
-        return (1, 0.0, scan.id)
-    aware = captured if captured.tzinfo else captured.replace(tzinfo=UTC)
-    return (0, aware.timestamp(), scan.id)
-
-
-def _matches(scan: Scan, selection: Selection) -> bool:
-    if selection.store_id is not None and scan.store_id != selection.store_id:
-        return False
-    if selection.status is not None and scan.status != selection.status:
-        return False
-    if selection.captured_from is None and selection.captured_to is None:
-        return True
-    captured = _captured(scan)
-    if captured is None:
-        return False
-    day: date = captured.date()  # the date as written, not converted to UTC
-    return ((selection.captured_from is None or day >= selection.captured_from)
-            and (selection.captured_to is None or day <= selection.captured_to))
-
-
-def _extension(filename: str) -> str:
-    """The stored file's extension: the original's when plain, else ``bin``."""
-    suffix = Path(filename.replace("\\", "/")).suffix.lower().lstrip(".")
-    suffix = "jpg" if suffix == "jpeg" else suffix
-    return suffix if EXTENSION.fullmatch(suffix) else "bin"
-
-
-def _encode(document: Mapping[str, Any]) -> bytes:
-    """Strict JSON in UTF-8 (no NaN); ValueError/TypeError for what cannot be stored."""
-    return json.dumps(document, ensure_ascii=False, allow_nan=False, indent=2).encode()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -9,6 +9,7 @@ Every line carries ``run`` (``-`` outside a run): code binds it with
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,22 @@ def _patch(record: Any) -> None:
     record["message"] = redact(record["message"])
 
 
+class _Intercept(logging.Handler):
+    """Library logging (watchdog, psycopg, APScheduler) into loguru, so it is formatted,
+    redacted and filtered like our own lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(exception=record.exc_info).log(level, "{}: {}", record.name,
+                                                  record.getMessage())
+
+
 def setup(level: str = "INFO", json_lines: bool = False, stream: Any = None) -> None:
     """Configure the process-wide sinks (call once at start)."""
+    logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)
     logger.remove()
     logger.configure(patcher=_patch, extra={"run": "-"})
     logger.add(stream or sys.stderr, level=level, serialize=json_lines,

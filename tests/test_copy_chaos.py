@@ -120,6 +120,11 @@ def test_500_scans_with_faults_and_three_kills_end_exactly_once(tmp_path: Path) 
         assert by_id[int(row["Target_Scan_ID"])]["marker"] == \
             f"prod:{row['Source_Scan_ID']}:{store}"
 
+    # Counts cover the whole run, across its four attempts.
+    assert result["counts"]["files"] == 2 * SCANS
+    assert result["counts"]["bytes"] == sum(f.size for f in seeded.all_files())
+    assert result["counts"]["reused_steps"] > 0
+
     # The faults and the recoveries really happened.
     assert stats["create"].get("reset_after_commit", 0) >= 10, stats
     assert result["counts"]["recovered"] >= 10, result["counts"]

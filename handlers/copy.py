@@ -31,7 +31,8 @@ from handlers.copy_pipeline import BatchRun, CopyPipeline
 from handlers.copy_plan import How, ScanOutcome, eta_text
 from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, forget_finished
 from handlers.download import batches, resolve_scan_ids
-from handlers.mapping import MappingRow, MappingWriter
+from handlers.mapping import MappingRow, mapping_writer
+from handlers.runcsv import RunCsv
 
 DEFAULT_MARKER_FIELD = "scanrelay_ref"
 MAX_WORKERS = 64
@@ -96,7 +97,7 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
         stale.unlink()
     forget_finished(ctx)
     report = Report(ctx, total, len(chunks), keep_pairs=ctx.request.analyze)
-    with MappingWriter(ctx.run_dir) as mapping:
+    with mapping_writer(ctx.run_dir) as mapping:
         report.mapping = mapping
         pipeline = CopyPipeline(ctx, source, copier, workers=_workers(source, target),
                                 retry_pause=ctx.config.copy_.batch_retry_pause,
@@ -114,7 +115,7 @@ class Report:
         self.total = total
         self.batches = batches
         self.keep_pairs = keep_pairs
-        self.mapping: MappingWriter | None = None
+        self.mapping: RunCsv | None = None
         self.pairs: Pairs = []
         self.started = time.monotonic()
         self.result = HandlerResult(counts={
@@ -162,7 +163,7 @@ def _dry_run(ctx: RunContext, source: Instance, copier: ScanCopier, chunks: list
              total: int) -> HandlerResult:
     """What a copy would do, batch by batch; nothing is written but the run folder."""
     result = HandlerResult(counts={"scans": total, "planned": 0, "skipped": 0, "files": 0})
-    with MappingWriter(ctx.run_dir) as mapping:
+    with mapping_writer(ctx.run_dir) as mapping:
         for number, chunk in enumerate(chunks, start=1):
             ctx.check_stop()
             rows = _plan_batch(source, copier, chunk, result)

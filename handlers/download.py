@@ -23,8 +23,9 @@ from loguru import logger
 from daemon.errors import PermanentError, RequestError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
-from handlers.manifest import Manifest, ManifestRow
+from handlers.manifest import ManifestRow, manifest
 from handlers.naming import extension, file_stems
+from handlers.runcsv import RunCsv
 from handlers.streams import HashingSink, is_complete
 
 IMAGES = "images"
@@ -86,15 +87,15 @@ def run(ctx: RunContext) -> HandlerResult:
     chunks = list(batches(scan_ids, request.batch_size))
     window: deque[Batch] = deque()
     with ThreadPoolExecutor(source.max_connections, thread_name_prefix="download") as pool, \
-            Manifest(ctx.run_dir) as manifest:
+            manifest(ctx.run_dir) as rows_out:
         try:
             for number, chunk in enumerate(chunks, start=1):
                 ctx.check_stop()
                 window.append(_start(ctx, source, pool, number, chunk, images))
                 while len(window) >= WINDOW or (window and _all_done(window[0])):
-                    _finish(ctx, window.popleft(), len(chunks), result, manifest)
+                    _finish(ctx, window.popleft(), len(chunks), result, rows_out)
             while window:
-                _finish(ctx, window.popleft(), len(chunks), result, manifest)
+                _finish(ctx, window.popleft(), len(chunks), result, rows_out)
         except BaseException:
             _cancel(window)
             raise
@@ -131,7 +132,7 @@ def _all_done(batch: Batch) -> bool:
 
 
 def _finish(ctx: RunContext, batch: Batch, total_batches: int, result: HandlerResult,
-            manifest: Manifest) -> None:
+            manifest: RunCsv) -> None:
     """Wait for a batch; an ``Interrupted`` or ``FatalError`` of any file stops the run."""
     wait(batch.futures)
     error = next((f.exception() for f in batch.futures if f.exception()), None)

@@ -3,20 +3,16 @@ error``, one row per requested scan in request order. ``status`` is ``ok`` (copi
 this run), ``skipped`` (copied before: the existing target ID), ``failed``, or in a dry
 run ``planned``.
 
-Rows are appended batch by batch to a hidden temp file that is renamed into place when
-the run ends, so memory stays flat and ``scan_mapping.csv`` is only ever complete. A
-resumed run walks every batch again (finished scans straight from the checkpoint), so
-it writes the whole file anew.
+Written as the run goes (``handlers.runcsv``).
 """
 
 from __future__ import annotations
 
 import csv
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+
+from handlers.runcsv import RunCsv
 
 FILE_NAME = "scan_mapping.csv"
 COLUMNS = ("Source_Scan_ID", "Target_Scan_ID", "status", "error")
@@ -34,34 +30,13 @@ class MappingRow:
         return [self.source_scan_id, target, self.status, self.error or ""]
 
 
-class MappingWriter:
-    """Written (renamed into place) only when the ``with`` block ends without error."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / FILE_NAME
-        self._tmp = run_dir / f".{FILE_NAME}.part"
-        self._file = self._tmp.open("w", encoding="utf-8", newline="")
-        self._writer = csv.writer(self._file)
-        self._writer.writerow(COLUMNS)
-
-    def write(self, rows: Iterable[MappingRow]) -> None:
-        self._writer.writerows(row.as_list() for row in rows)
-
-    def __enter__(self) -> MappingWriter:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        if kind is None:
-            os.replace(self._tmp, self.path)
+def mapping_writer(run_dir: Path) -> RunCsv:
+    return RunCsv(run_dir, FILE_NAME, COLUMNS)
 
 
 def read_mapping(run_dir: Path) -> list[MappingRow]:
     """The rows of a run's ``scan_mapping.csv``. Raises ``OSError`` when it is missing
-    and ``ValueError`` when a row is not as written by ``MappingWriter``."""
+    and ``ValueError`` when a row is not as ``mapping_writer`` writes it."""
     with (run_dir / FILE_NAME).open(encoding="utf-8", newline="") as f:
         return [MappingRow(int(r["Source_Scan_ID"]),
                            int(r["Target_Scan_ID"]) if r["Target_Scan_ID"] else None,

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from daemon import logs
 from daemon.config import Config, ConfigError, load_config
-from daemon.errors import RequestError
+from daemon.errors import FatalError, RequestError
 from daemon.fsutil import is_ignored_name
 from daemon.instances.registry import Instances
 from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
@@ -59,7 +59,12 @@ def run(config: ConfigOpt = None) -> None:
 
     cfg = _config(config)
     _setup_logs(cfg)
-    raise typer.Exit(Service(cfg).run())
+    try:
+        code = Service(cfg).run()
+    except FatalError as exc:
+        err.print(f"scanrelay: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @app.command()

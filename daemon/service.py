@@ -10,6 +10,7 @@ crash like a running one. Requests left in ``processing/`` are resumed first.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import signal
@@ -24,6 +25,7 @@ from loguru import logger
 
 from daemon import metrics, retention, retry
 from daemon.config import Config
+from daemon.errors import FatalError
 from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
@@ -61,6 +63,7 @@ class Service:
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
+        self._lock_root()
         if handle_signals:
             self._install_signals()
         retry.STOPPING.clear()
@@ -81,6 +84,16 @@ class Service:
         finally:
             self._shutdown()
         return 0
+
+    def _lock_root(self) -> None:
+        """One daemon per root: a second would resume the same requests concurrently.
+        The lock dies with the process, so a crash never leaves it behind."""
+        self._lock_file = (self.layout.state / "daemon.lock").open("a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FatalError(f"another scanrelay daemon is running on {self.layout.root}"
+                             ) from None
 
     def _loop(self) -> None:
         last_ping = last_prune = 0.0

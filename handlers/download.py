@@ -167,10 +167,14 @@ def _fetch_one(ctx: RunContext, source: Instance, task: FileTask, images: Path) 
         # Lines the instance logs itself (retries) name this run and item too.
         with logger.contextualize(run=ctx.run_id, item=item):
             outcome = _stream_to_images(source, task, images, ctx)
-    except (PermanentError, TransientError) as exc:
+    except (PermanentError, TransientError, OSError) as exc:
+        # A local OSError (disk full, a share gone) fails this file, transiently: the
+        # rerun window may find the disk emptied.
         ctx.log.bind(item=item).warning("file {} of scan {} failed: {}", task.ref.file_id,
                                         task.scan_id, exc)
-        return FileOutcome(task, error=str(exc), transient=isinstance(exc, TransientError))
+        error = str(exc) if not isinstance(exc, OSError) else \
+            f"file {task.ref.file_id}: writing it locally failed: {exc}"
+        return FileOutcome(task, error=error, transient=not isinstance(exc, PermanentError))
     ctx.checkpoint.record(task.key, path=outcome.path, size=outcome.size,
                           sha256=outcome.sha256)
     return outcome

@@ -136,3 +136,11 @@ def test_retry_drops_only_the_failed_scans(tmp_path: Path) -> None:
     assert dropped["retry_of"] == run_id and dropped["attempt"] == 2
     good = cli(root, "once", str(tmp_path / "missing.csv"))
     assert good.returncode == 2
+
+
+def test_a_second_daemon_on_the_same_root_refuses_to_start(tmp_path: Path) -> None:
+    root = make_root(tmp_path, log={"level": "INFO"})
+    with DaemonProcess(root):
+        second = cli(root, "run")
+    assert second.returncode == 1
+    assert "another scanrelay daemon is running" in second.stderr

@@ -22,13 +22,14 @@ a process, so two runs of one daemon cannot both create the same copy.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from daemon import statedb
 
 FILE_NAME = "copies.sqlite"
 SCHEMA = """
@@ -103,14 +104,9 @@ class CopyLedger:
     the file itself is unusable (disk full, corrupt): the caller treats that as fatal."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / FILE_NAME
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = statedb.connect(self.path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon import statedb
+
 LEDGER_FILE = "ledger.sqlite"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -63,12 +65,7 @@ class Ledger:
             self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                        check_same_thread=False, timeout=30)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = statedb.connect(path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -16,13 +16,14 @@ WAL lets ``scanrelay schedules`` read while the daemon writes.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from daemon import statedb
 
 FILE = "scheduler.sqlite"
 
@@ -91,12 +92,8 @@ class SchedulerState:
     """The scheduler's SQLite file. Thread-safe."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db = statedb.connect(path, SCHEMA)
 
     def close(self) -> None:
         with self._lock:

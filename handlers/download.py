@@ -143,6 +143,9 @@ def _finish(ctx: RunContext, batch: Batch, total_batches: int, result: HandlerRe
         result.add(item)
     _count(result.counts, outcomes)
     manifest.write(_rows(outcomes, batch.missing))
+    # This run will not look at these records again (a resume reloads the journal), so
+    # memory stays flat however many files the run has.
+    ctx.checkpoint.forget(o.task.key for o in outcomes)
     ctx.log.info("[BATCH {}/{}] {} scans, {} files, {} failed scans so far", batch.number,
                  total_batches, len(batch.scan_ids), len(outcomes), len(result.failed))
     ctx.progress(result.total, result.counts["scans"], batch=batch.number,

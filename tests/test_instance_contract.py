@@ -609,3 +609,23 @@ def test_create_demo_completes_a_partial_demo(tmp_path: Path) -> None:
     source = FolderInstance("s", tmp_path / "demo-source")
     assert sorted(source.select_scans(Selection())) == [1001, 1002, 1003, 1004, 1005]
     assert sum(len(s.files) for s in source.get_scans([1004, 1005])) >= 2
+
+
+def test_folder_upload_cut_off_by_a_crash_is_reclaimed(tmp_path: Path) -> None:
+    instance = FolderInstance("crashy", tmp_path / "crashy")
+    source = tmp_path / "a.png"
+    source.write_bytes(_image(3))
+    upload = instance.upload_file(source, "a.png")
+    # A create that moved the upload into its new scan folder, then died before
+    # writing scan.json (kill -9): the folder is invisible, the upload is inside it.
+    staged = next((tmp_path / "crashy").glob(f".scanrelay/uploads/{upload}.*"))
+    half = tmp_path / "crashy" / "scans" / "77" / "files"
+    half.mkdir(parents=True)
+    staged.rename(half / staged.name)
+    scan_id = instance.create_scan({"store": 1, "files": [upload],
+                                    "captured_at": "2024-03-01T09:00:00+00:00"})
+    (scan,) = instance.get_scans([scan_id])
+    assert [f.file_id for f in scan.files] == [upload]
+    with io.BytesIO() as out:
+        instance.fetch_file(scan.files[0], out)
+        assert out.getvalue() == _image(3)

@@ -325,9 +325,20 @@ class FolderInstance:
             raise PermanentError(f"{self.name}: unknown upload {file_id}") from None
         except (ValueError, TypeError, KeyError) as exc:
             raise PermanentError(f"{self.name}: upload {file_id}: corrupt {claim}") from exc
-        if not (self._uploads / upload.name).is_file():
+        if not (self._uploads / upload.name).is_file() and not self._reclaim(upload):
             raise PermanentError(f"{self.name}: upload {file_id} is already part of a scan")
         return upload
+
+    def _reclaim(self, upload: Upload) -> bool:
+        """An upload inside a scan folder without scan.json belongs to a create that a
+        crash cut off: it is free again, so move it back (a resumed create then succeeds
+        instead of failing for good). One daemon per root makes this safe."""
+        for stray in self._scans.glob(f"*/files/{upload.name}"):
+            if not (stray.parent.parent / SCAN_JSON).exists():
+                with suppress(FileNotFoundError):
+                    os.rename(stray, self._uploads / upload.name)
+                    return True
+        return False
 
     # ---- create --------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Small file-system helpers: atomic writes, clash-free names, containment checks."""
+"""Small file-system helpers: atomic writes, clash-free names, ignored names."""
 
 from __future__ import annotations
 
@@ -51,43 +51,21 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-def unique_path(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``folder/stem-2.ext`` … when taken: never overwrite."""
-    candidate = folder / name
+def candidate_paths(folder: Path, name: str) -> Iterator[Path]:
+    """``folder/name``, then ``folder/stem-2.ext``, ``stem-3.ext`` …: the names a file
+    takes, in order, when the ones before are taken (a clash never overwrites)."""
     stem, dot, ext = name.partition(".")
+    yield folder / name
     n = 2
-    while candidate.exists() or candidate.is_symlink():
-        candidate = folder / f"{stem}-{n}{dot}{ext}"
-        n += 1
-    return candidate
-
-
-def claim_move(src: Path, folder: Path, name: str) -> Path:
-    """Move ``src`` into ``folder`` under ``name`` without overwriting anything there.
-
-    ``os.link`` + unlink is atomic against clashes (link fails if the name exists);
-    where hard links are refused (some shares) a rename after the check is used."""
-    folder.mkdir(parents=True, exist_ok=True)
     while True:
-        dest = unique_path(folder, name)
-        try:
-            os.link(src, dest, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError:
-            os.replace(src, dest)
-            return dest
-        os.unlink(src)
-        return dest
+        yield folder / f"{stem}-{n}{dot}{ext}"
+        n += 1
 
 
-def inside(root: Path, path: Path) -> bool:
-    """True if ``path`` resolves inside ``root`` (used before every write we derive)."""
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
+def unique_path(folder: Path, name: str) -> Path:
+    """The first of ``candidate_paths`` that does not exist yet."""
+    return next(p for p in candidate_paths(folder, name)
+                if not (p.exists() or p.is_symlink()))
 
 
 def fsync_dir(folder: Path) -> None:

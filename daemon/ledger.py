@@ -106,11 +106,6 @@ class Ledger:
         return self._query(f"SELECT * FROM requests {where} ORDER BY claimed_at DESC, "
                            "claim_id DESC LIMIT ?", (limit,))
 
-    def count_by_status(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, count(*) FROM requests GROUP BY status")
-            return dict(rows.fetchall())
-
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[RequestRecord]:
         with self._lock:
             cursor = self._db.execute(sql, params)

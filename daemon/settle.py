@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.fsutil import fsync_dir, write_json, write_text
+from daemon.fsutil import candidate_paths, fsync_dir, write_json, write_text
 
 RESULT = ".result.json"
 ERROR = ".error.txt"
@@ -33,7 +33,7 @@ def settle(src: Path, folder: Path, name: str, sidecars: Sidecars) -> Path:
     """Move ``src`` to ``folder`` as ``name`` (or a suffixed name), with sidecars."""
     folder.mkdir(parents=True, exist_ok=True)
     claim_id = sidecars.result["claim_id"]
-    for dest in _candidates(folder, name):
+    for dest in candidate_paths(folder, name):
         if dest.exists() or dest.is_symlink():
             if _same_file(src, dest):  # our own link from before a crash
                 _write_sidecars(dest, sidecars)
@@ -47,15 +47,6 @@ def settle(src: Path, folder: Path, name: str, sidecars: Sidecars) -> Path:
             _unlink(src, folder)
             return dest
     raise AssertionError("unreachable: candidates are endless")
-
-
-def _candidates(folder: Path, name: str) -> Any:
-    stem, dot, ext = name.partition(".")
-    yield folder / name
-    n = 2
-    while True:
-        yield folder / f"{stem}-{n}{dot}{ext}"
-        n += 1
 
 
 def _place(src: Path, dest: Path) -> bool:

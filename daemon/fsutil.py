@@ -23,8 +23,9 @@ def is_ignored_name(name: str) -> bool:
 
 
 @contextmanager
-def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temp file beside ``path``, fsync, then rename over it."""
+def atomic_writer(path: Path, mode: str = "w", *, durable: bool = True) -> Iterator[IO[Any]]:
+    """Write to a temp file beside ``path``, fsync (unless not ``durable``: readers still
+    never see half a file, but a crash may lose it), then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -33,15 +34,16 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_json(path: Path, data: Any) -> None:
-    with atomic_writer(path) as f:
+def write_json(path: Path, data: Any, *, durable: bool = True) -> None:
+    with atomic_writer(path, durable=durable) as f:
         json.dump(data, f, indent=2, ensure_ascii=False, default=str)
         f.write("\n")
 

@@ -165,7 +165,8 @@ class Service:
         watchdog, which is fed only while the watcher is alive."""
         write_json(heartbeat_path(self.layout), {
             "pid": os.getpid(), "started_at": self.started_at, "heartbeat": time.time(),
-            "mode": self.config.intake.mode, "queued": len(self.in_flight)})
+            "mode": self.config.intake.mode, "queued": len(self.in_flight)},
+            durable=False)  # rewritten every second: no fsync, a crash loses nothing of use
         if self.config.metrics.listen:
             waiting = [st.st_mtime for _, st in list_inbox(self.layout.inbox)]
             oldest = time.time() - min(waiting) if waiting else 0.0

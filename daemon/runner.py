@@ -191,30 +191,33 @@ class Runner:
         return status
 
     def _settle_invalid(self, claimed: Claimed, problems: list[str]) -> RunStatus:
-        problems = [redact(p) for p in problems]
-        result = {"claim_id": claimed.claim_id, "run_id": None, "request": claimed.name,
-                  "profile": claimed.profile, "status": RunStatus.INVALID.value,
-                  "problems": problems, "transient": False, "finished_at": now_iso()}
-        text = _error_text(claimed.name, RunStatus.INVALID, problems, [], None)
-        final = settle(claimed.path, self.layout.failed, claimed.name,
-                       Sidecars(result, text, None))
-        self.ledger.finished(claimed.claim_id, RunStatus.INVALID.value, final, problems[0], {})
-        metrics.record_run(None, RunStatus.INVALID.value, {}, None)
+        settle_invalid(claimed.path, claimed.name, claimed.profile, claimed.claim_id,
+                       problems, self.layout, self.ledger)
         return RunStatus.INVALID
 
 
 def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: str) -> Path:
     """Put a file that cannot be a request straight into ``failed/`` with the reason."""
-    result = {"claim_id": claim_id, "run_id": None, "request": path.name,
-              "profile": profile_of(path, layout.inbox) if path.parent != layout.inbox
-              else None, "status": RunStatus.INVALID.value, "problems": [f"file: {reason}"],
-              "transient": False, "finished_at": now_iso()}
-    text = _error_text(path.name, RunStatus.INVALID, [f"file: {reason}"], [], None)
-    ledger.claimed(claim_id, path.name, None)
-    final = settle(path, layout.failed, path.name, Sidecars(result, text, None))
-    ledger.finished(claim_id, RunStatus.INVALID.value, final, reason, {})
-    metrics.record_run(None, RunStatus.INVALID.value, {}, None)
+    profile = profile_of(path, layout.inbox) if path.parent != layout.inbox else None
+    ledger.claimed(claim_id, path.name, profile)
+    final = settle_invalid(path, path.name, profile, claim_id, [f"file: {reason}"], layout,
+                           ledger)
     logger.warning("refused {}: {}", path.name, reason)
+    return final
+
+
+def settle_invalid(src: Path, name: str, profile: str | None, claim_id: str,
+                   problems: list[str], layout: Layout, ledger: Ledger) -> Path:
+    """An invalid request, or a file that cannot be one, into ``failed/`` with its
+    problems (redacted); nothing ran, so there is no run folder."""
+    problems = [redact(p) for p in problems]
+    result = {"claim_id": claim_id, "run_id": None, "request": name, "profile": profile,
+              "status": RunStatus.INVALID.value, "problems": problems, "transient": False,
+              "finished_at": now_iso()}
+    text = _error_text(name, RunStatus.INVALID, problems, [], None)
+    final = settle(src, layout.failed, name, Sidecars(result, text, None))
+    ledger.finished(claim_id, RunStatus.INVALID.value, final, problems[0], {})
+    metrics.record_run(None, RunStatus.INVALID.value, {}, None)
     return final
 
 

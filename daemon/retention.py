@@ -29,9 +29,10 @@ def prune(layout: Layout, days: int, now: float | None = None) -> dict[str, int]
             if _mtime(result) < cutoff:
                 _remove_request(folder, result.name[: -len(RESULT)])
                 removed["requests"] += 1
-    active = {c.claim_id.rsplit("-", 1)[1] for c in pending_claims(layout, repair=False)}
+    claims = pending_claims(layout, repair=False) if layout.processing.exists() else []
+    active = {c.run_dir(layout.runs) for c in claims}
     for run_dir in layout.runs.iterdir() if layout.runs.exists() else []:
-        if run_dir.name.rsplit("-", 1)[-1] in active:
+        if run_dir in active:
             continue
         if run_dir.is_dir() and _mtime(run_dir / "run.json", run_dir) < cutoff:
             shutil.rmtree(run_dir, ignore_errors=True)

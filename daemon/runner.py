@@ -65,17 +65,12 @@ class Runner:
 
     def _prepare(self, claimed: Claimed) -> tuple[Request, Path]:
         """The request of a run folder from before (resume), or freshly parsed."""
-        earlier = self._existing_run_dir(claimed)
+        earlier = claimed.run_dir(self.layout.runs)
         if earlier is not None and (earlier / "request.json").exists():
             request = Request.model_validate_json((earlier / "request.json").read_bytes())
             return request, earlier
         request = parse_request(claimed.path, self.config, folder_profile=claimed.profile)
         return request, self.layout.runs / claimed.run_id(request.action)
-
-    def _existing_run_dir(self, claimed: Claimed) -> Path | None:
-        stamp, hex6 = claimed.claim_id.rsplit("-", 1)
-        found = sorted(self.layout.runs.glob(f"{stamp}-*-{hex6}"))
-        return found[0] if found else None
 
     def _run(self, claimed: Claimed, request: Request, run_dir: Path) -> RunStatus:
         run_id = run_dir.name

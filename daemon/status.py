@@ -70,9 +70,8 @@ def _pid_alive(pid: int) -> bool:
 def _in_flight(layout: Layout) -> list[dict[str, Any]]:
     out = []
     for claimed in pending_claims(layout, repair=False) if layout.processing.exists() else []:
-        stamp, hex6 = claimed.claim_id.rsplit("-", 1)
-        run_dirs = sorted(layout.runs.glob(f"{stamp}-*-{hex6}"))
-        data = RunState.load(run_dirs[0]) if run_dirs else None
+        run_dir = claimed.run_dir(layout.runs)
+        data = RunState.load(run_dir) if run_dir else None
         out.append({"request": claimed.name, "profile": claimed.profile,
                     "run_id": data.get("run_id") if data else None,
                     "status": data.get("status") if data else "queued",

@@ -34,6 +34,13 @@ class Claimed:
         stamp, hex6 = self.claim_id.rsplit("-", 1)
         return f"{stamp}-{action}-{hex6}"
 
+    def run_dir(self, runs: Path) -> Path | None:
+        """This claim's run folder under ``runs/`` if it has one yet (its action is
+        known only once the request was parsed, so it is looked up by stamp and hex)."""
+        stamp, hex6 = self.claim_id.rsplit("-", 1)
+        found = sorted(runs.glob(f"{stamp}-*-{hex6}"))
+        return found[0] if found else None
+
     @classmethod
     def from_path(cls, path: Path) -> Claimed | None:
         """Parse a ``processing/`` name; None for a name we did not make."""

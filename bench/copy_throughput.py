@@ -2,7 +2,7 @@
 the servers' ideal rate and against the old scripts' way (``copy_baseline.py``), side
 by side in one run.
 
-Both reference servers (``tests/refserver``, each on a fresh PostgreSQL database that
+Both reference servers (``daemon/sandbox``, each on a fresh PostgreSQL database that
 is dropped at the end) get the same capacity and latency (``set_limits``): at most
 ``--capacity`` requests served at once per listener, each taking ``--latency`` s. A
 scan with F files costs F metadata calls (source API), F downloads (source blob host)
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-for folder in (REPO, REPO / "tests"):  # `daemon` and the tests' `refserver` and `pg`
+for folder in (REPO, REPO / "tests"):  # `daemon` (with its sandbox platform) and the tests' `pg`
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
@@ -83,7 +83,8 @@ def run_measured(argv: list[str], env: dict[str, str]) -> tuple[str, int, float]
 @contextmanager
 def reference_server(base: Path, name: str) -> Iterator[Any]:
     import pg
-    from refserver import RefServer
+
+    from daemon.sandbox import RefServer
 
     dsn = pg.create_database(f"bench_copy_{name}")
     try:

@@ -1,6 +1,6 @@
 """Download memory and throughput: the daemon's download path vs curl, side by side.
 
-One reference platform server (``tests/refserver``, on a fresh PostgreSQL database
+One reference platform server (``daemon/sandbox``, on a fresh PostgreSQL database
 that is dropped at the end) serves one lazily generated file per size: the bytes are
 produced on the fly, never held in memory or on disk by the server. Per size and
 repeat, each in a fresh process whose peak RSS and CPU time come from ``wait4``:
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-for folder in (REPO, REPO / "tests"):  # `daemon` and the tests' `refserver` and `pg`
+for folder in (REPO, REPO / "tests"):  # `daemon` (with its sandbox platform) and the tests' `pg`
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
@@ -160,7 +160,8 @@ def label(size: int) -> str:
 @contextmanager
 def reference_server(base: Path) -> Iterator[Any]:
     import pg
-    from refserver import RefServer
+
+    from daemon.sandbox import RefServer
 
     dsn = pg.create_database("bench_download")
     try:

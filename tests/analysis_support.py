@@ -11,12 +11,12 @@ from typing import Any
 import pg
 import requests
 from loguru import logger
-from refserver import RefServer
 
 from daemon.checkpoint import Checkpoint
 from daemon.config import Config, parse_config
 from daemon.instances.registry import Instances
 from daemon.request import Request
+from daemon.sandbox import RefServer
 from handlers.base import RunContext
 
 API_USER_ENV, API_PASSWORD_ENV = "REF_API_USER", "REF_API_PASSWORD"

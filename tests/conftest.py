@@ -1,5 +1,5 @@
 """Shared pytest fixtures. Keep this file small: logic lives in ``pg.py`` and
-``refserver/``; fixtures here only wire it up."""
+``daemon/sandbox/``; fixtures here only wire it up."""
 
 from __future__ import annotations
 

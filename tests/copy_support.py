@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pg
-from refserver import RefServer
+
+from daemon.sandbox import RefServer
 
 
 @contextmanager

@@ -24,13 +24,13 @@ from analysis_support import (
     platform_cfg,
     run_context,
 )
-from refserver import Comment, Outcome, RefServer
-from refserver.model import AUTO_OUTCOMES
 from workbook_checks import assert_workbook_matches
 
 from daemon.errors import FatalError
 from daemon.instances.registry import Instances
 from daemon.request import Request
+from daemon.sandbox import Comment, Outcome, RefServer
+from daemon.sandbox.model import AUTO_OUTCOMES
 from handlers.analyze import analyze_pairs
 
 COPY_RUN = "20260105-120000-copy-0a1b2c"

@@ -24,7 +24,8 @@ from copy_support import (
     target_scans,
 )
 from helpers import DaemonProcess, drop, make_root, wait_settled
-from refserver import Fault
+
+from daemon.sandbox import Fault
 
 SCANS = 500
 KILLS = 3

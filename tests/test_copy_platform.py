@@ -22,7 +22,8 @@ from copy_support import (
     target_scans,
 )
 from helpers import DaemonProcess, drop, make_root, wait_settled
-from refserver import Fault, Outcome, RefServer
+
+from daemon.sandbox import Fault, Outcome, RefServer
 
 ALWAYS_DROPPED = {"task_id", "id", "created_at", "updated_at"}
 ASSIGNMENT = {"category_id", "section_id", "store_planogram", "aisle", "task_id", "replace_id"}

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 from helpers import DaemonProcess, drop, listing, make_root, wait_settled
-from refserver import RefServer
 from test_download_platform import daemon_env, platform_root
 
+from daemon.sandbox import RefServer
 from daemon.schedule.reruns import analysis_name
 
 COPY_RUN = "20261121-231500-copy-3f9a1c"

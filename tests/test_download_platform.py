@@ -12,7 +12,8 @@ from typing import Any
 import pg
 import pytest
 from helpers import DaemonProcess, drop, error_text, make_root, retry_request, wait_settled
-from refserver import TRANSIENT_FAULTS, RefServer
+
+from daemon.sandbox import TRANSIENT_FAULTS, RefServer
 
 API_USER_ENV, API_PASSWORD_ENV = "REF_API_USER", "REF_API_PASSWORD"
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import pg
 import pytest
-from refserver import RefServer
 
 from daemon.config import DbConfig, PlatformInstanceConfig
 from daemon.demo import create_demo
@@ -36,6 +35,7 @@ from daemon.errors import PermanentError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan, ScanDetails, Selection
 from daemon.instances.folder import FolderInstance
 from daemon.instances.platform import PlatformInstance
+from daemon.sandbox import RefServer
 
 
 @dataclass(frozen=True)

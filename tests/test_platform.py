@@ -28,7 +28,6 @@ import psycopg
 import pytest
 import requests
 from loguru import logger
-from refserver import Fault, RefServer, SeedResult
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
@@ -47,8 +46,9 @@ from daemon.retry import (
     parse_retry_after,
     retrying,
 )
+from daemon.sandbox import Fault, RefServer, SeedResult
 
-SCHEMA = Path(__file__).parent / "refserver" / "schema.sql"
+SCHEMA = Path(__file__).parents[1] / "daemon" / "sandbox" / "schema.sql"
 PASSWORD = "s3cret-Pa55word"
 USER_ENV = "SCANRELAY_TEST_API_USER"
 PASSWORD_ENV = "SCANRELAY_TEST_API_PASSWORD"

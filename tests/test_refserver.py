@@ -16,7 +16,9 @@ from typing import Any
 import pg
 import pytest
 import requests
-from refserver import (
+from requests_toolbelt import MultipartEncoder
+
+from daemon.sandbox import (
     DEFAULT_WEIGHTS,
     Fault,
     Outcome,
@@ -26,8 +28,7 @@ from refserver import (
     SeedResult,
     comment_for,
 )
-from refserver.processing import choose_outcome
-from requests_toolbelt import MultipartEncoder
+from daemon.sandbox.processing import choose_outcome
 
 LOGIN = "/api/v4/token-auth/"
 UPLOAD = "/api/v4/processing/upload/"

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import requests
-from refserver import RefServer
+
+from daemon.sandbox import RefServer
 
 CAPTURED = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 DETAILS: dict[str, Any] = {

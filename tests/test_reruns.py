@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 from helpers import DaemonProcess, drop, error_text, listing, wait_settled
-from refserver import Fault, RefServer
 from test_download_platform import daemon_env, ids_csv, platform_root
 
+from daemon.sandbox import Fault, RefServer
 from daemon.schedule.reruns import rerun_name
 
 EVERY_2S = "*/2 * * * * *"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from copy_support import platform_instance, ref_server
 from helpers import DaemonProcess, drop, make_root, wait_settled
-from refserver import TRANSIENT_FAULTS, Fault, RefServer
+
+from daemon.sandbox import TRANSIENT_FAULTS, Fault, RefServer
 
 CANARIES = {
     "PROD_API_PASSWORD": "canary-prod-pw-7Qx9Lm2Vb",

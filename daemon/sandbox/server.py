@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -35,7 +36,7 @@ class RefServer:
         data_dir: str | Path,
         *,
         username: str = "scanrelay",
-        password: str = "refserver-password",
+        password: str | None = None,
         processing_delay: float = 0.2,
         url_ttl: float = 3600.0,
         reject_auth_on_blob: bool = True,
@@ -45,7 +46,7 @@ class RefServer:
         self.dsn = dsn
         self.data_dir = Path(data_dir)
         self.username = username
-        self.password = password
+        self.password = password or secrets.token_urlsafe(16)  # fresh per server unless given
         self.faults = Faults()
         self.stats = Stats()
         self._pool: ConnectionPool[Any] = ConnectionPool(

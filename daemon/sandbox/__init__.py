@@ -3,7 +3,7 @@ loopback, backed by a real PostgreSQL database, with fault injection.
 
 Usage (from a test, with the ``platform_db`` fixture and pytest's ``tmp_path``)::
 
-    from refserver import Fault, Outcome, RefServer
+    from daemon.sandbox import Fault, Outcome, RefServer
 
     with RefServer(platform_db, tmp_path / "platform") as srv:
         seeded = srv.seed(scans=5, files_per_scan=2)
@@ -21,8 +21,8 @@ Usage (from a test, with the ``platform_db`` fixture and pytest's ``tmp_path``):
         srv.recognition(target_scan_id).expected_comment   # ground truth for §7
         srv.stats.count("create", 201), srv.received_creates, srv.blob_requests
 
-From a ``bench/`` script, put the repository's ``tests`` folder on ``sys.path`` first
-(``sys.path.insert(0, str(repo / "tests"))``); ``pg.create_database()`` gives a DSN.
+From a ``bench/`` script, put the repository and its ``tests`` folder on ``sys.path`` first
+(for ``pg``); ``pg.create_database()`` gives a DSN.
 
 Two listeners: the API (``api_url``) and a file-bytes host (``blob_url``, another
 port, so another origin) that serves ``/blob/<id>?expires=..&sig=..`` pre-signed URLs,

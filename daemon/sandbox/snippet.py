@@ -27,7 +27,10 @@ def copy_profile(sandbox: Sandbox) -> dict[str, Any]:
 
 
 def _flow(mapping: dict[str, Any]) -> str:
-    return yaml.safe_dump(mapping, default_flow_style=True, sort_keys=False, allow_unicode=True, width=200).strip()
+    text = yaml.safe_dump(
+        mapping, default_flow_style=True, sort_keys=False, allow_unicode=True, width=200
+    )
+    return text.strip()
 
 
 def instances_yaml(sandbox: Sandbox) -> str:

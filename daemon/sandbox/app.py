@@ -44,7 +44,7 @@ OUTCOME_CYCLE: tuple[Outcome, ...] = (
     Outcome.ADDITIONAL_SECTION,
     Outcome.SAME,
     Outcome.HIGHER_POG,
-    Outcome.NO_REPORT,
+    Outcome.SECTION_NOT_FOUND,  # Missing In Target, yet processed: the copy need not wait
 )
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,12 +168,20 @@ def _scan_count(dsn: str) -> int:
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path: Path) -> None:
+def test_demo_end_to_end() -> None:
     """``scanrelay demo --run`` on the shipped config, with the embedded PostgreSQL as on
     a fresh machine: the sample download and the sandbox copy with analysis land in
     done/, and analysis.xlsx holds every §7 comment."""
-    root = tmp_path / "demo"
-    root.mkdir()
+    # Not under pytest's tmp_path: as root the embedded server runs as another user, and
+    # a concurrent pytest session may make pytest's base folder private again meanwhile.
+    root = Path(tempfile.mkdtemp(prefix="scanrelay-demo-test-"))
+    try:
+        _run_demo(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_demo(root: Path) -> None:
     (root / "config.yml").write_bytes((REPO / "config.yml").read_bytes())
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "daemon", "demo", "--run", "-c", "config.yml"],

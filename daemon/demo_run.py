@@ -6,6 +6,7 @@ same way until its ``analysis.xlsx`` is written."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -49,7 +50,9 @@ def _run(config: Config, keep: bool, console: Console, box: Sandbox | None) -> i
     if box is not None:
         ok = _sandbox_copy(config, service, console, box) and ok
     if keep:
-        console.print("daemon and sandbox running; press Ctrl-C to stop")
+        running = "daemon and sandbox" if box is not None else "daemon"
+        console.print(f"{running} running; press Ctrl-C to stop")
+        signal.signal(signal.SIGTERM, lambda *_: service.stop.set())  # stop cleanly too
         try:
             while thread.is_alive():
                 thread.join(timeout=1)

@@ -160,6 +160,17 @@ def test_sandbox_restart_reuses_its_data(tmp_path: Path, pg_dsn: str) -> None:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def test_sandbox_bad_dsn_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "sandbox", "--ephemeral",
+         "--dsn", "host=127.0.0.1 port=1 user=x password=hunter2 dbname=postgres"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert "scanrelay sandbox: --dsn (127.0.0.1:1)" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _scan_count(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT count(*) FROM realograms_implementation_scan").fetchone()

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from . import pgembed
 from .model import Outcome
 from .processing import DEFAULT_WEIGHTS
@@ -125,6 +127,9 @@ class Sandbox:
         Raises ``SandboxError``; what did start is stopped again."""
         try:
             self._start()
+        except psycopg.Error as exc:
+            self.stop()
+            raise SandboxError(f"the database server refused: {exc}") from exc
         except BaseException:
             self.stop()
             raise
@@ -168,8 +173,10 @@ class Sandbox:
 
     def _admin_dsn(self) -> str:
         if self.options.dsn:
-            if not pgembed.answers(self.options.dsn):
-                raise SandboxError(f"--dsn: no PostgreSQL answers at {self._safe_dsn()}")
+            try:
+                psycopg.connect(self.options.dsn, connect_timeout=5).close()
+            except psycopg.Error as exc:
+                raise SandboxError(f"--dsn ({self._safe_dsn()}): {exc}".strip()) from exc
             return self.options.dsn
         try:
             self._embedded = pgembed.start_embedded(

@@ -132,6 +132,7 @@ def test_sandbox_command_serves_copy_analysis_and_download(tmp_path: Path, pg_ds
         assert len(images) == 6 and all(p.stat().st_size > 1000 for p in images)
         took = box.terminate()
     assert took < SANDBOX_STOP_S, f"sandbox took {took:.1f} s to stop"
+    print(f"sandbox stopped {took:.2f} s after SIGTERM")
     assert box.text().rstrip().endswith("# sandbox stopped")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         left = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",

@@ -95,10 +95,19 @@ def test_sandbox_command_serves_copy_analysis_and_download(tmp_path: Path, pg_ds
     """The printed block, pasted into a fresh config, gives two working platforms: a copy
     with analysis from prod to QA shows every §7 comment, a download fetches prod's
     files; the block names password files (0600), never a password; SIGTERM stops the
-    sandbox within 5 s and an ephemeral one leaves no databases behind."""
+    sandbox within 5 s."""
     written = tmp_path / "sandbox-instances.yml"
-    with sandbox_process(tmp_path, "--dsn", pg_dsn, "--ephemeral", "--scans", "8",
-                         "--processing-delay", "0.5", "--config", str(written)) as box:
+    prefix = _unique_prefix()
+    try:
+        _serve_and_use(tmp_path, pg_dsn, written, prefix)
+    finally:
+        _drop(prefix)
+
+
+def _serve_and_use(tmp_path: Path, pg_dsn: str, written: Path, prefix: str) -> None:
+    with sandbox_process(tmp_path, "--dsn", pg_dsn, "--data", str(tmp_path / "sb"),
+                         "--db-prefix", prefix, "--scans", "8", "--processing-delay", "0.5",
+                         "--config", str(written)) as box:
         printed = box.text()
         block = yaml.safe_load(written.read_text(encoding="utf-8"))
         assert block == yaml.safe_load(printed.split(f"# written to {written}")[0])
@@ -134,16 +143,43 @@ def test_sandbox_command_serves_copy_analysis_and_download(tmp_path: Path, pg_ds
     assert took < SANDBOX_STOP_S, f"sandbox took {took:.1f} s to stop"
     print(f"sandbox stopped {took:.2f} s after SIGTERM")
     assert box.text().rstrip().endswith("# sandbox stopped")
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        left = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
-                            (sorted(databases),)).fetchall()
-    assert left == []
+    assert databases == {f"{prefix}_prod", f"{prefix}_qa"}
+
+
+def test_ephemeral_sandbox_leaves_nothing_behind(pg_dsn: str) -> None:
+    """--ephemeral: a temporary data folder and databases of random names, all removed
+    at stop (dropping waits for the server: not part of the 5 s bound on a busy one)."""
+    box = Sandbox(SandboxOptions(dsn=pg_dsn, ephemeral=True, scans=2)).start()
+    try:
+        databases = sorted(box.state.databases.values())
+        secrets_dir = box.data_dir / "secrets"
+        assert secrets_dir.is_dir() and all(_exists(pg_dsn, name) for name in databases)
+    finally:
+        box.stop()
+    assert not box.data_dir.exists()
+    assert not any(_exists(pg_dsn, name) for name in databases)
+
+
+def _exists(dsn: str, database: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        return row.fetchone() is not None
+
+
+def _unique_prefix() -> str:
+    return f"srt_sbx_p{os.getpid()}_{time.time_ns() % 10**8:08d}"
+
+
+def _drop(prefix: str) -> None:
+    for name in (f"{prefix}_prod", f"{prefix}_qa"):
+        with psycopg.connect(pg.admin_dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_sandbox_restart_reuses_its_data(tmp_path: Path, pg_dsn: str) -> None:
     """A restart on the same data folder keeps ports, passwords, databases and scans:
     nothing is seeded twice, and a pasted config stays valid."""
-    prefix = f"srt_sbx_p{os.getpid()}_{time.time_ns() % 10**8:08d}"
+    prefix = _unique_prefix()
     options = SandboxOptions(data_dir=tmp_path / "sandbox", dsn=pg_dsn, scans=4,
                              db_prefix=prefix)
     try:
@@ -156,9 +192,7 @@ def test_sandbox_restart_reuses_its_data(tmp_path: Path, pg_dsn: str) -> None:
             assert {n: _scan_count(s.dsn) for n, s in second.servers.items()} == counts
             assert counts == {PROD: 4, QA: 0}
     finally:
-        for name in (f"{prefix}_prod", f"{prefix}_qa"):
-            with psycopg.connect(pg.admin_dsn(), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop(prefix)
 
 
 def test_sandbox_bad_dsn_is_a_clear_error_without_the_password(tmp_path: Path) -> None:

@@ -59,10 +59,10 @@ class SandboxProcess:
             assert time.monotonic() < deadline, f"sandbox not ready:\n{self.text()[-3000:]}"
             time.sleep(0.1)
 
-    def terminate(self) -> float:
-        """SIGTERM; the seconds until it exited (asserting it did, with code 0)."""
+    def terminate(self, sig: signal.Signals = signal.SIGTERM) -> float:
+        """Send ``sig``; the seconds until it exited (asserting it did, with code 0)."""
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -144,6 +144,28 @@ def _serve_and_use(tmp_path: Path, pg_dsn: str, written: Path, prefix: str) -> N
     print(f"sandbox stopped {took:.2f} s after SIGTERM")
     assert box.text().rstrip().endswith("# sandbox stopped")
     assert databases == {f"{prefix}_prod", f"{prefix}_qa"}
+
+
+def test_sandbox_command_restarts_on_its_data_after_ctrl_c(tmp_path: Path, pg_dsn: str) -> None:
+    """SIGINT (Ctrl-C) stops it within 5 s too; started again on the same data folder it
+    prints the same block (ports, databases, password files), so a pasted one stays."""
+    prefix = _unique_prefix()
+    args = ("--dsn", pg_dsn, "--data", str(tmp_path / "sb"), "--db-prefix", prefix,
+            "--scans", "3")
+    try:
+        with sandbox_process(tmp_path, *args) as first:
+            block = _printed_block(first.text())
+            took = first.terminate(signal.SIGINT)
+        assert took < SANDBOX_STOP_S, f"sandbox took {took:.1f} s to stop"
+        with sandbox_process(tmp_path, *args) as second:
+            assert _printed_block(second.text()) == block
+    finally:
+        _drop(prefix)
+
+
+def _printed_block(text: str) -> dict[str, Any]:
+    block: dict[str, Any] = yaml.safe_load(text.split(f"# {READY_LINE}")[0])
+    return block
 
 
 def test_ephemeral_sandbox_leaves_nothing_behind(pg_dsn: str) -> None:

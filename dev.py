@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Quick start on a machine with only Python: ``python3 dev.py demo`` or ``python3 dev.py test``.
 
-Creates ``.venv`` beside this file (once), installs scanrelay into it with the test
-extras, then runs the demo daemon or the whole test suite. Extra arguments go to
+Creates ``.venv`` beside this file (once), installs scanrelay into it with the test and
+sandbox extras, then runs the demo (the daemon on folder instances and on the sandbox
+platform) or the whole test suite. Extra arguments go to
 pytest (``python3 dev.py test -k watcher``) or to ``scanrelay demo``.
 """
 
@@ -30,8 +31,8 @@ def ensure_venv() -> None:
         print("creating .venv ...", flush=True)
         venv.create(VENV, with_pip=True)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    print("installing scanrelay and its test tools into .venv ...", flush=True)
-    subprocess.run([*pip, "-e", f"{HERE}[test]"], check=True)
+    print("installing scanrelay, its sandbox and its test tools into .venv ...", flush=True)
+    subprocess.run([*pip, "-e", f"{HERE}[test,sandbox]"], check=True)
     STAMP.write_text(wanted)
 
 

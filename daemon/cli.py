@@ -135,8 +135,14 @@ def validate(files: Annotated[list[Path] | None, typer.Argument()] = None,
 def demo(config: ConfigOpt = None,
          run_sample: Annotated[bool, typer.Option("--run/--no-run", help="start the daemon, "
                                "drop a sample request and show it being processed")] = False,
-         keep: Annotated[bool, typer.Option(help="with --run: keep the daemon running")] = False,
-         scans: int = 12) -> None:
+         keep: Annotated[bool, typer.Option(help="with --run: keep the daemon (and the "
+                         "sandbox) running")] = False,
+         scans: int = 12,
+         with_sandbox: Annotated[bool, typer.Option("--sandbox/--no-sandbox", help="with "
+                                 "--run: also start the sandbox and run a copy with analysis "
+                                 "from sandbox-prod to sandbox-qa")] = True,
+         dsn: Annotated[str | None, typer.Option(help="the sandbox's PostgreSQL (admin DSN; "
+                        "default: an embedded one)")] = None) -> None:
     """Create the embedded demo instances (folder kind) with sample scans."""
     from daemon.demo import create_demo
 
@@ -147,8 +153,15 @@ def demo(config: ConfigOpt = None,
     if run_sample:
         _setup_logs(cfg)
         from daemon.demo_run import run_demo
+        from daemon.sandbox.app import SandboxError, SandboxOptions
 
-        raise typer.Exit(run_demo(cfg, keep=keep, console=console))
+        box = SandboxOptions(data_dir=cfg.root / "sandbox", dsn=dsn) if with_sandbox else None
+        try:
+            code = run_demo(cfg, keep=keep, console=console, sandbox=box)
+        except SandboxError as exc:
+            err.print(f"scanrelay demo: the sandbox cannot start: {exc}", markup=False)
+            raise typer.Exit(1) from None
+        raise typer.Exit(code)
 
 
 def _demo_folder(cfg: Config) -> Path:
@@ -342,3 +355,38 @@ def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
                        if not is_ignored_name(p.name))
         console.print(f"{'files':>12}: {', '.join(files)}", markup=False)
 
+
+
+@app.command()
+def sandbox(
+    dsn: Annotated[str | None, typer.Option(help="admin DSN of a PostgreSQL server that may "
+                   "create databases (default: an embedded one under the data folder)")] = None,
+    config_out: Annotated[Path | None, typer.Option("--config", help="also write the "
+                          "instances block to this file")] = None,
+    ephemeral: Annotated[bool, typer.Option(help="keep nothing: data in a temporary folder, "
+                         "removed (with the databases) at stop")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the scans and recognition outcomes")] = 7,
+    scans: Annotated[int, typer.Option(help="scans seeded into sandbox-prod")] = 24,
+    data: Annotated[Path, typer.Option(help="data folder, reused by a restart")] = Path("sandbox"),
+    port: Annotated[int, typer.Option(help="sandbox-prod's API port (sandbox-qa: the next); "
+                    "default: the previous run's, else free ones")] = 0,
+    processing_delay: Annotated[float, typer.Option(help="seconds until a created scan is "
+                                "processed")] = 3.0,
+    db_prefix: Annotated[str, typer.Option(help="database names: PREFIX_prod, PREFIX_qa")]
+        = "scanrelay_sandbox",
+) -> None:
+    """A local stand-in platform with two instances (sandbox-prod, sandbox-qa) to try
+    workflows on. Prints the instances block for config.yml; runs until SIGTERM/Ctrl-C."""
+    from daemon.sandbox.app import SandboxError, SandboxOptions
+    from daemon.sandbox.serve import serve
+
+    options = SandboxOptions(data_dir=data, dsn=dsn, ephemeral=ephemeral, seed=seed,
+                             scans=scans, port=port, processing_delay=processing_delay,
+                             db_prefix=db_prefix)
+    try:
+        code = serve(options, config_out, lambda text: console.print(text, markup=False,
+                                                                      highlight=False))
+    except SandboxError as exc:
+        err.print(f"scanrelay sandbox: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)

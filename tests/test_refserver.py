@@ -429,6 +429,23 @@ def test_each_recognition_outcome_gives_its_comment(
     assert row["has_report"] == (outcome != Outcome.NO_REPORT)
 
 
+def test_section_not_found_is_processed_without_a_report_of_its_section(
+    client: Client, seeded: SeedResult, target: RefServer
+) -> None:
+    """The sandbox's forced outcome: done with a report flag (a copy need not wait for
+    it), yet no report of the scan's section, so the analysis says Missing In Target."""
+    source = seeded.scan_ids[0]
+    target.processing.force(source, Outcome.SECTION_NOT_FOUND)
+    dst = Client(target)
+    dst.login()
+    scan_id = copy_scan(client, dst, source, store=1)
+    target.wait_processed(timeout=10)
+    row = target.scan(scan_id)
+    assert row is not None and (row["status"], row["has_report"]) == ("done", True)
+    assert target.scan_details(scan_id) is None
+    assert target.recognition(scan_id).expected_comment == "Missing In Target"
+
+
 def test_mapped_mode_keeps_the_payload_section(
     client: Client, seeded: SeedResult, target: RefServer
 ) -> None:

@@ -43,6 +43,9 @@ Modules: ``server`` (RefServer), ``handlers`` (HTTP), ``api`` (endpoints), ``fau
 (faults, capacity, counters), ``processing`` (simulated processing), ``seed`` and
 ``catalogue`` (data), ``exact`` (scans exactly as given), ``blobs`` (file bytes),
 ``multipart`` (streaming bodies), ``db`` (SQL), ``model`` (shared values).
+``scanrelay sandbox`` runs two servers: ``app`` (Sandbox: databases, seeding, restart),
+``serve`` (the foreground command), ``snippet`` (the instances block), ``pgembed`` (a
+PostgreSQL: a DSN, or the embedded server; ``tests/pg.py`` uses it too).
 """
 
 from .faults import TRANSIENT_FAULTS, Endpoint, Fault, Faults, Gate, Stats

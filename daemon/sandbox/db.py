@@ -229,6 +229,20 @@ def _upsert_store_compliance(
     )
 
 
+def mark_done_without_section(conn: Conn, scan_id: int) -> None:
+    """Processed (done, has_report) onto a realogram with no compliance report: the
+    recognition found none of the scan's sections."""
+    row = conn.execute(
+        "INSERT INTO realograms_implementation_realogram DEFAULT VALUES RETURNING id"
+    ).fetchone()
+    assert row is not None
+    conn.execute(
+        "UPDATE realograms_implementation_scan SET status = 'done', has_report = true,"
+        " active_realogram_id = %s, updated_at = now() WHERE id = %s",
+        (row[0], scan_id),
+    )
+
+
 def mark_done_without_report(conn: Conn, scan_id: int) -> None:
     conn.execute(
         "UPDATE realograms_implementation_scan SET status = 'done', has_report = false,"

@@ -37,14 +37,16 @@ STATUS_TEXT = {
 
 
 class Server(ThreadingHTTPServer):
-    """A threaded listener on 127.0.0.1 with an ephemeral port."""
+    """A threaded listener on 127.0.0.1, on ``port`` (0: an ephemeral one)."""
 
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not block shutdown
     request_queue_size = 512
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], state: State) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
+    def __init__(
+        self, handler: type[BaseHTTPRequestHandler], state: State, port: int = 0
+    ) -> None:
+        super().__init__(("127.0.0.1", port), handler)
         self.state = state
         self.errors: list[str] = []
         self._open: set[socket.socket] = set()

@@ -25,6 +25,7 @@ class Outcome(StrEnum):
     ADDITIONAL_SECTION = "additional_section"  # same names, but an additional section
     HIGHER_POG = "higher_pog"  # same as source, pre POG % higher
     NO_REPORT = "no_report"  # status done, has_report false: no report at all
+    SECTION_NOT_FOUND = "section_not_found"  # processed, but no report of its section
     MAPPED = "mapped"  # mapped mode: the payload's section/store planogram kept
     UNKNOWN_SOURCE = "unknown_source"  # files carry no truth header: a pick of its own
 
@@ -192,6 +193,7 @@ NOMINAL_COMMENTS: dict[Outcome, Comment] = {
     Outcome.ADDITIONAL_SECTION: Comment.ADDITIONAL,
     Outcome.HIGHER_POG: Comment.HIGHER_POG,
     Outcome.NO_REPORT: Comment.MISSING,
+    Outcome.SECTION_NOT_FOUND: Comment.MISSING,
 }
 
 

@@ -5,7 +5,8 @@ Recognition: in *auto* mode (payload without ``section_id``/``store_planogram``)
 server maps the scan itself from the source truth in the uploaded files' headers.
 Most of the time it finds the source's planogram and section; sometimes another
 planogram, another section, the additional twin of the section, a higher pre POG %,
-or no report at all. The choice is a pure function of (policy seed, source scan,
+or no report at all (and, only when forced, a processed scan without a report of its
+section: ``SECTION_NOT_FOUND``). The choice is a pure function of (policy seed, source scan,
 target store), so it does not depend on thread timing, and ``force()`` overrides it.
 In *mapped* mode the payload's ``section_id`` and ``store_planogram`` are kept.
 """
@@ -213,6 +214,9 @@ def apply(conn: Conn, rec: Recognition, seed: int) -> None:
     """Write the processing result of one created scan."""
     if rec.outcome == Outcome.NO_REPORT:
         db.mark_done_without_report(conn, rec.scan_id)
+        return
+    if rec.outcome == Outcome.SECTION_NOT_FOUND:
+        db.mark_done_without_section(conn, rec.scan_id)
         return
     target = resolve(conn, rec, seed)
     spid = _store_planogram(conn, rec, target)

@@ -28,6 +28,7 @@ class RefServer:
 
     ``dsn`` names a database the server owns (its tables are created if missing);
     ``data_dir`` holds file bytes. Use as a context manager, or ``start()``/``stop()``.
+    ``api_port`` 0 lets the system choose (the file host's port is always chosen).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class RefServer:
         reject_auth_on_blob: bool = True,
         echo_errors: bool = False,
         pool_size: int = 32,
+        api_port: int = 0,
     ) -> None:
         self.dsn = dsn
         self.data_dir = Path(data_dir)
@@ -63,6 +65,7 @@ class RefServer:
             reject_auth_on_blob=reject_auth_on_blob,
             echo_errors=echo_errors,
         )
+        self._api_port = api_port
         self._servers: list[Server] = []
         self._threads: list[threading.Thread] = []
 
@@ -75,7 +78,7 @@ class RefServer:
             db.apply_schema(conn)
             db.ensure_user(conn, self.username, self.password)
         self.processing.start()
-        api_server = Server(ApiHandler, self._state)
+        api_server = Server(ApiHandler, self._state, self._api_port)
         blob_server = Server(BlobHandler, self._state)
         self._state.blob_base = f"http://127.0.0.1:{blob_server.port}"
         self._servers = [api_server, blob_server]

@@ -262,7 +262,8 @@ def test_workbook_text_escaping_and_row_chunks(tmp_path: Path) -> None:
                        frame_from_rows(source), frame_from_rows(target))
     write_workbook(tmp_path / "a.xlsx", analysis, comment_counts(analysis))
     sheet = openpyxl.load_workbook(tmp_path / "a.xlsx")["Analysis"]
-    names = [row[4].value for row in sheet.iter_rows(min_row=2)]
+    column = [c.value for c in sheet[1]].index("Source_POG_Name")
+    names = [row[column].value for row in sheet.iter_rows(min_row=2)]
     assert names == ["a < b & c > d", "bellring", "  lead and trail  ", "x" * 32_767, "ok"]
     styles = pd.Series(range(5)).to_numpy()
     whole = "".join(sheetxml.row_chunks(analysis, styles, chunk=1000))

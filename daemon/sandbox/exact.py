@@ -38,7 +38,8 @@ DETAIL_FIELDS = frozenset({
     "ok_count", "wandering_count", "oos_count", "hole_count",
 })
 # ScanDetails fields the platform derives itself (IDs, the day of the figures, the
-# majority-v2 log): accepted only empty, so asdict(ScanDetails(...)) can be passed.
+# majority-v2 log): accepted only empty (compliance_date: or the capture day), so
+# asdict(ScanDetails(...)) can be passed.
 DERIVED_FIELDS = frozenset({
     "report_id", "planogram_id", "compliance_date", "compliance_fallback", "majority_v2_id",
     "majority_store_planogram_id", "majority_created_at", "map_by",
@@ -66,15 +67,17 @@ def insert_scan(
     ``reports``: several compliance reports (sections), instead of one ``details``."""
     if details is not None and reports:
         raise ValueError("give details (one report) or reports, not both")
+    captured = captured_at if captured_at.tzinfo else captured_at.replace(tzinfo=UTC)
+    captured_day = captured.astimezone(UTC).date().isoformat()  # the figures' own day
     all_reports = list(reports) if reports else ([] if details is None else [details])
     for report in all_reports:
         unknown = set(report) - DETAIL_FIELDS - DERIVED_FIELDS
         if unknown:
             raise ValueError(f"unknown details fields: {sorted(unknown)}")
-        derived = sorted(f for f in DERIVED_FIELDS if report.get(f) not in (None, False))
+        derived = sorted(f for f in DERIVED_FIELDS if report.get(f) not in (None, False)
+                         and not (f == "compliance_date" and report[f] == captured_day))
         if derived:
             raise ValueError(f"{derived}: the platform derives these; leave them empty")
-    captured = captured_at if captured_at.tzinfo else captured_at.replace(tzinfo=UTC)
     ensure_row(conn, "master_data_implementation_store", store_id, {"name": f"Store {store_id}"})
     file_ids = []
     for filename, data in files:

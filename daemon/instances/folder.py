@@ -11,9 +11,9 @@ process are found without re-reading the whole folder.
 
 Created scans: ``create_scan`` moves the uploads into the new scan and writes it with
 status ``done``, ``has_report`` false and no reports, unless the payload carries
-``reports`` (a list) or one ``details`` mapping (then ``has_report`` is true). An upload belongs to one scan: it
-is consumed by the create. A crash in the middle leaves a scan folder without
-``scan.json``: invisible, and safe to delete while no daemon runs.
+``reports`` (a list) or one ``details`` mapping (then ``has_report`` is true). An
+upload belongs to one scan: it is consumed by the create. A crash in the middle leaves
+a scan folder without ``scan.json``: invisible, and safe to delete while no daemon runs.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 from analysis_baseline import run_baseline  # noqa: E402
 
 from handlers.analysis.compare import pairs_frame  # noqa: E402
-from handlers.analysis.details import typed  # noqa: E402
+from handlers.analysis.details import FRAME_COLUMNS, typed  # noqa: E402
 from handlers.analysis.model import DETAIL_FIELDS  # noqa: E402
 from handlers.analyze import compare_and_write  # noqa: E402
 
@@ -79,7 +79,12 @@ def generate(n: int, seed: int = 1) -> tuple[list[tuple[int, int | None]], pd.Da
                     case != CATEGORIES.index("no_report"))[has_target]
     pairs = [(int(s), int(t) if ok else None)
              for s, t, ok in zip(source["scan_id"], target_ids, has_target, strict=True)]
-    return pairs, typed(source), typed(target.reset_index(drop=True))
+    return pairs, _typed(source), _typed(target.reset_index(drop=True))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The typed details frame; fields not generated (IDs, majority v2 ...) are empty."""
+    return typed(frame.reindex(columns=list(FRAME_COLUMNS)))
 
 
 def _frame(ids: np.ndarray, names: np.ndarray, sections: np.ndarray, additional: np.ndarray,
@@ -95,7 +100,7 @@ def _frame(ids: np.ndarray, names: np.ndarray, sections: np.ndarray, additional:
         "ok_count": rng.integers(20, 240, n), "wandering_count": rng.integers(0, 25, n),
         "oos_count": rng.integers(0, 30, n), "hole_count": rng.integers(0, 12, n),
     })
-    for name in DETAIL_FIELDS:  # no report: no figures
+    for name in [n for n in DETAIL_FIELDS if n in frame.columns]:  # no report: no figures
         frame[name] = frame[name].astype(object).where(reported, None)
     return frame
 

@@ -266,3 +266,44 @@ def test_the_analysis_reads_in_read_only_transactions(
             written = conn.execute(WRITING_DETAILS_SQL, {"ids": ids}).fetchall()
             conn.rollback()
         assert sorted(r[0] for r in written) == sorted(ids)
+
+
+def test_compliance_is_the_reports_own_day_unless_a_fallback_is_configured(
+        platform_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report whose day has no store-planogram compliance row: empty figures by
+    default; with ``analysis.compliance_fallback`` the latest earlier day's, marked."""
+    from datetime import UTC, datetime
+
+    from daemon.config import parse_config
+
+    with RefServer(platform_db, tmp_path / "platform") as ref:
+        figures = {"store_planogram_id": 501, "planogram_name": "Beverages",
+                   "section_id": 31, "section_name": "Cola", "pre_pog": 81.5,
+                   "post_pog": 90.0, "pre_osa": 88.0, "post_osa": 97.0}
+        own, _ = ref.insert_scan(1, datetime(2024, 3, 1, 9, tzinfo=UTC), details=figures)
+        later, _ = ref.insert_scan(1, datetime(2024, 3, 5, 9, tzinfo=UTC), details=figures)
+        with psycopg.connect(ref.dsn) as conn:  # the later day's row is gone
+            conn.execute("DELETE FROM planograms_compliance_storeplanogramcompliance"
+                         " WHERE date = '2024-03-05'")
+        for name, value in env_for(ref).items():
+            monkeypatch.setenv(name, value)
+        seen = {}
+        for fallback in (False, True):
+            text = yaml.safe_dump({"paths": {"root": "."},
+                                   "instances": {"prod": platform_cfg(ref)},
+                                   "analysis": {"compliance_fallback": fallback}})
+            instances = Instances(parse_config(text, base_dir=tmp_path))
+            try:
+                scans = instances.get("prod").get_scans([own, later])
+            finally:
+                instances.close()
+            seen[fallback] = {s.id: s.reports[0] for s in scans}
+    for fallback in (False, True):  # the own day's figures either way, not marked
+        report = seen[fallback][own]
+        assert (report.pre_pog, report.compliance_date, report.compliance_fallback) == \
+            (81.5, "2024-03-01", False)
+    plain, marked = seen[False][later], seen[True][later]
+    assert (plain.pre_pog, plain.post_osa, plain.compliance_date, plain.compliance_fallback) \
+        == (None, None, None, False)
+    assert (marked.pre_pog, marked.post_osa, marked.compliance_date,
+            marked.compliance_fallback) == (81.5, 97.0, "2024-03-01", True)

@@ -316,10 +316,12 @@ def scan_details(conn: Conn, scan_id: int) -> dict[str, Any] | None:
     """The §7 figures of a processed scan's first report, read straight from the tables
     (the server's own reading, independent of any client); None when it has no report."""
     reports = scan_reports(conn, scan_id)
-    return reports[0] if reports else None
+    if not reports:
+        return None
+    return {k: v for k, v in reports[0].items() if k != "report_id"}  # as it always was
 
 
 def scan_reports(conn: Conn, scan_id: int) -> list[dict[str, Any]]:
-    """``scan_details`` of every report of the scan, by report ID."""
+    """``scan_details`` of every report of the scan, by report ID, with ``report_id``."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(DETAILS_SQL + " ORDER BY r.id", (scan_id,)).fetchall()

@@ -226,8 +226,15 @@ def test_comments_equal_the_target_servers_ground_truth(
                            str(root / "config.yml")], cwd=root, env=env, text=True,
                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
     assert show.returncode == 0, show.stderr
-    for comment in Comment:
-        assert f"{counts[comment.value]:>12}  {comment.value}" in show.stdout
+    rows_part, scans_part = show.stdout.split("scans: by the worst comment of their rows")
+    order = [c.value for c in Comment]
+    worst = {s: min((c for _, _, c in pair_rows), key=order.index)
+             for s, pair_rows in got.items()}
+    scans = Counter(worst.values())
+    assert run["analysis"]["scan_counts"] == {c: scans[c] for c in order}
+    for comment in order:
+        assert f"{counts[comment]:>12}  {comment}" in rows_part
+        assert f"{scans[comment]:>12}  {comment}" in scans_part
 
 
 WRITING_DETAILS_SQL = """

@@ -93,8 +93,8 @@ def match_sections(pairs: pd.Series, src: pd.DataFrame, tgt: pd.DataFrame,
     of ``src``/``tgt`` (frames with ``PAIR``, the row column, ``_SECTION_ID``,
     ``_SECTION_NAME``) in exactly one link, a missing row number where it has no
     partner, and one link with neither for a pair without reports."""
-    s_free, t_free = src[[PAIR, s_row, _SECTION_ID, _SECTION_NAME]], \
-        tgt[[PAIR, t_row, _SECTION_ID, _SECTION_NAME]]
+    s_free = src[[PAIR, s_row, _SECTION_ID, _SECTION_NAME]]
+    t_free = tgt[[PAIR, t_row, _SECTION_ID, _SECTION_NAME]]
     links = []
     for column in (_SECTION_ID, _SECTION_NAME):
         # The n-th report of a section on one side goes with the n-th on the other (a

@@ -348,6 +348,10 @@ def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
         console.print(f"{'analysis':>12}: {analysis.get('status')}", markup=False)
         for comment, count in (analysis.get("counts") or {}).items():
             console.print(f"{count:>12}  {comment}", markup=False)
+        if analysis.get("scan_counts"):  # rows are sections; each pair once, its worst
+            console.print(f"{'scans':>12}: by the worst comment of their rows", markup=False)
+            for comment, count in analysis["scan_counts"].items():
+                console.print(f"{count:>12}  {comment}", markup=False)
     for error in (data.get("errors") or [])[:20]:
         console.print(f"       error: {error}", markup=False)
     if (layout.runs / run_id).is_dir():

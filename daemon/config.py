@@ -122,6 +122,12 @@ class CopyConfig(Model):
     batch_retry_pause: float = Field(default=10, ge=0)
 
 
+class AnalysisConfig(Model):
+    # Compliance figures of another day when the report's own day has none (the latest
+    # day before it, else the latest at all), marked in the row; off: empty figures.
+    compliance_fallback: bool = False
+
+
 MISFIRE_GRACE = 6 * 3600  # seconds after its time a fire missed while down still runs
 
 
@@ -175,6 +181,7 @@ class Config(Model):
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()
     copy_: CopyConfig = Field(default=CopyConfig(), alias="copy")
+    analysis: AnalysisConfig = AnalysisConfig()
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     # Set by ``load_config``: where the file was, so relative paths resolve against it.

@@ -119,7 +119,8 @@ def _cell_text(value: Any) -> str:
 
 
 def table_to_request(rows: Iterable[tuple[int, Sequence[str]]]) -> dict[str, Any]:
-    """Rows (numbered as the user sees them) → ``{scan_ids, target_scan_ids}``."""
+    """Rows (numbered as the user sees them) → ``{scan_ids, target_scan_ids}``; a blank
+    target cell is None: a pair without a target (``Missing In Target``), not an error."""
     numbered = ((n, [c.strip() for c in row]) for n, row in rows)
     header_row = next(((n, r) for n, r in numbered if any(r)), None)
     if header_row is None:
@@ -144,9 +145,9 @@ def table_to_request(rows: Iterable[tuple[int, Sequence[str]]]) -> dict[str, Any
 
 
 def _collect_ids(rows: Iterable[tuple[int, list[str]]], header: list[str], scan_col: int,
-                 target_col: int | None) -> tuple[list[int], list[int], list[str]]:
+                 target_col: int | None) -> tuple[list[int], list[int | None], list[str]]:
     scan_ids: list[int] = []
-    target_ids: list[int] = []
+    target_ids: list[int | None] = []
     first_seen: dict[int, int] = {}
     problems: list[str] = []
     for n, row in rows:
@@ -159,11 +160,17 @@ def _collect_ids(rows: Iterable[tuple[int, list[str]]], header: list[str], scan_
         elif sid is not None:
             first_seen[sid] = n
             scan_ids.append(sid)
-        if target_col is not None:
+        if target_col is not None and _blank(row, target_col):
+            target_ids.append(None)
+        elif target_col is not None:
             tid = _id_at(row, target_col, n, header[target_col], problems)
             if tid is not None:
                 target_ids.append(tid)
     return scan_ids, target_ids, problems
+
+
+def _blank(row: list[str], col: int) -> bool:
+    return col >= len(row) or not row[col]
 
 
 def _id_at(row: list[str], col: int, n: int, name: str, problems: list[str]) -> int | None:

@@ -47,7 +47,8 @@ class Request(BaseModel):
     source: str | None = None
     target: str | None = None
     scan_ids: list[StrictInt] = Field(default_factory=list)
-    target_scan_ids: list[StrictInt] = Field(default_factory=list)
+    # Position by position with scan_ids; None (a blank cell): no target for that scan.
+    target_scan_ids: list[StrictInt | None] = Field(default_factory=list)
     select: SelectModel | None = None
     target_store_id: StrictInt | None = Field(default=None, gt=0)
     mode: Literal["auto", "mapped"] = "auto"
@@ -227,9 +228,10 @@ def _duplicates(field: str, ids: Any) -> list[str]:
 
 
 def _non_positive(r: Request) -> list[str]:
-    lists = {"scan_ids": r.scan_ids, "target_scan_ids": r.target_scan_ids}
+    lists: dict[str, list[int | None]] = {"scan_ids": list(r.scan_ids),
+                                          "target_scan_ids": r.target_scan_ids}
     out = [f"{name}[{i}]: {v} is not a valid ID"
-           for name, ids in lists.items() for i, v in enumerate(ids) if v <= 0]
+           for name, ids in lists.items() for i, v in enumerate(ids) if v is not None and v <= 0]
     out += [f"pairs[{i}]: {p} holds a non-positive ID" for i, p in enumerate(r.pairs)
             if min(p) <= 0]
     return out[:20]

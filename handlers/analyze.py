@@ -3,9 +3,10 @@ compare them pair by pair, and write into the run folder
 
 - ``source_scandetails.csv``, ``target_scandetails.csv``: the details as read, one row
   per scan asked for (``Found`` false for a scan that does not exist);
-- ``analysis.csv``: one row per pair, source and target values side by side, and the
-  §7 ``comment``;
-- ``analysis.xlsx``: the same rows coloured by comment, with ``Summary`` and ``Legend``.
+- ``analysis.csv``: one row per section (compliance report) of each pair, source and
+  target values side by side, ``MAv2_Map_by`` and the §7 ``comment``;
+- ``analysis.xlsx``: the same rows coloured by comment, with ``Summary`` (rows and scans
+  per comment) and ``Legend``.
 
 Items are pairs. A pair whose source scan does not exist is a failed item (permanent)
 and has no row in ``analysis.csv``; a pair without a usable target is a finding
@@ -29,7 +30,7 @@ from loguru import logger
 
 from daemon.fsutil import atomic_writer
 from daemon.instances.base import Instance
-from handlers.analysis.compare import comment_counts, compare, pairs_frame
+from handlers.analysis.compare import comment_counts, compare, pairs_frame, scan_counts
 from handlers.analysis.details import details_csv_frame, read_details
 from handlers.analysis.model import SCAN_ID, SOURCE_ID, TARGET_ID
 from handlers.analysis.pairs import resolve_pairs
@@ -43,19 +44,22 @@ OUTPUTS = (SOURCE_DETAILS, TARGET_DETAILS, ANALYSIS_CSV, ANALYSIS_XLSX)
 
 @dataclass(frozen=True)
 class Analysis:
-    """What one analysis found: rows per comment, and the sources that do not exist."""
+    """What one analysis found: rows (sections) and pairs per comment, and the sources
+    that do not exist."""
 
-    counts: dict[str, int]
-    rows: int  # pairs in analysis.csv
+    counts: dict[str, int]  # rows per comment
+    scan_counts: dict[str, int]  # pairs per worst comment of their rows
+    rows: int  # rows in analysis.csv
+    pairs: int  # pairs analysed (their source exists)
     missing_sources: list[int]  # source IDs of the pairs that failed, each once
     failed_pairs: int
     seconds: float
 
     def summary(self) -> dict[str, Any]:
         """The ``analysis`` section of run.json and result.json."""
-        return {"status": "done", "counts": self.counts, "pairs": self.rows,
-                "failed_pairs": self.failed_pairs, "files": list(OUTPUTS),
-                "seconds": round(self.seconds, 3)}
+        return {"status": "done", "counts": self.counts, "scan_counts": self.scan_counts,
+                "rows": self.rows, "pairs": self.pairs, "failed_pairs": self.failed_pairs,
+                "files": list(OUTPUTS), "seconds": round(self.seconds, 3)}
 
 
 def run(ctx: RunContext) -> HandlerResult:
@@ -67,9 +71,9 @@ def run(ctx: RunContext) -> HandlerResult:
     pairs = resolve_pairs(request, ctx.run_dir.parent)
     source, target = ctx.instance(request.source), ctx.instance(request.target)
     analysis = analyse(ctx, source, target, pairs, report_progress=True)
-    result = HandlerResult(counts={"pairs": len(pairs), "analysed": analysis.rows},
+    result = HandlerResult(counts={"pairs": len(pairs), "analysed": analysis.pairs},
                            extra={"analysis": analysis.summary()})
-    result.succeeded = analysis.rows
+    result.succeeded = analysis.pairs
     missing = set(analysis.missing_sources)
     for source_id, _ in pairs:
         if source_id in missing:
@@ -100,11 +104,14 @@ def analyse(ctx: RunContext, source: Instance, target: Instance,
                  len(source_ids), len(target_ids))
     source_details, target_details = _read_both(ctx, (source, source_ids),
                                                 (target, target_ids), report_progress)
-    counts, rows, missing = compare_and_write(ctx.run_dir, frame, source_details,
-                                              target_details)
-    outcome = Analysis(counts, rows, missing, len(frame) - rows, time.monotonic() - started)
-    ctx.log.info("analysis: {} pairs compared in {:.1f} s: {}", outcome.rows,
-                 outcome.seconds, ", ".join(f"{k}: {v}" for k, v in counts.items() if v))
+    written = compare_and_write(ctx.run_dir, frame, source_details, target_details)
+    outcome = Analysis(written.counts, written.scan_counts, written.rows, written.pairs,
+                       written.missing_sources, len(frame) - written.pairs,
+                       time.monotonic() - started)
+    ctx.log.info("analysis: {} pairs ({} sections) compared in {:.1f} s: {}", outcome.pairs,
+                 outcome.rows, outcome.seconds,
+                 ", ".join(f"{k}: {v}" for k, v in outcome.counts.items() if v))
+    missing = outcome.missing_sources
     if missing:
         ctx.log.warning("analysis: {} source scan(s) not found in {}, e.g. {}", len(missing),
                         source.name, missing[:5])
@@ -146,22 +153,34 @@ def scan_ids_of(pairs: pd.DataFrame) -> tuple[list[int], list[int]]:
             pairs[TARGET_ID].dropna().drop_duplicates().astype("int64").tolist())
 
 
+@dataclass(frozen=True)
+class Written:
+    """What ``compare_and_write`` wrote: rows and pairs per comment, sizes, and the
+    source IDs not found."""
+
+    counts: dict[str, int]
+    scan_counts: dict[str, int]
+    rows: int
+    pairs: int
+    missing_sources: list[int]
+
+
 def compare_and_write(run_dir: Path, pairs: pd.DataFrame, source_details: pd.DataFrame,
-                      target_details: pd.DataFrame) -> tuple[dict[str, int], int, list[int]]:
+                      target_details: pd.DataFrame) -> Written:
     """Compare and write ``OUTPUTS`` into ``run_dir`` (the part after reading, which the
-    benchmark measures); returns (counts per comment, rows, source IDs not found).
-    Raises ``OSError`` when the files cannot be written."""
+    benchmark measures). Raises ``OSError`` when the files cannot be written."""
     source_ids, target_ids = scan_ids_of(pairs)
     found = pairs[SOURCE_ID].isin(source_details[SCAN_ID])
     analysis = compare(pairs[found], source_details, target_details)
-    counts = comment_counts(analysis)
+    counts, per_scan = comment_counts(analysis), scan_counts(analysis)
     for name, frame in (
             (SOURCE_DETAILS, details_csv_frame(source_details, source_ids)),
             (TARGET_DETAILS, details_csv_frame(target_details, target_ids)),
             (ANALYSIS_CSV, analysis)):
         with atomic_writer(run_dir / name) as out:
             frame.to_csv(out, index=False, lineterminator="\n")
-    write_workbook(run_dir / ANALYSIS_XLSX, analysis, counts)
+    write_workbook(run_dir / ANALYSIS_XLSX, analysis, counts, per_scan)
     missing = pairs.loc[~found, SOURCE_ID].drop_duplicates().tolist()
-    return counts, len(analysis), [int(i) for i in missing]
+    return Written(counts, per_scan, len(analysis), int(found.sum()),
+                   [int(i) for i in missing])
 

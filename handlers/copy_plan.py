@@ -8,7 +8,7 @@ updated_at`` always and minus the section/POG assignment (``category_id, section
 store_planogram, aisle, task_id, replace_id``) in ``auto`` mode; then ``store``,
 ``files`` (the target's upload IDs, in the source's file order) and ``captured_at`` are
 set, and the marker field (the target's ``marker_field``) carries the marker. For a
-folder target (an archive) the source's ``details`` ride along, so the archive keeps
+folder target (an archive) the source's ``reports`` ride along, so the archive keeps
 the analysis (SPEC §9); no platform payload carries them.
 """
 
@@ -26,8 +26,9 @@ from handlers.base import ItemStatus
 ALWAYS_DROPPED = frozenset({"task_id", "id", "created_at", "updated_at"})
 ASSIGNMENT = frozenset({"category_id", "section_id", "store_planogram", "aisle", "task_id",
                         "replace_id"})
-# Set by the copy itself, or private to one kind (``details``: the folder kind's report).
-REPLACED = frozenset({"store", "files", "captured_at", "details"})
+# Set by the copy itself, or private to one kind (``reports``, ``details``: the folder
+# kind's compliance reports).
+REPLACED = frozenset({"store", "files", "captured_at", "details", "reports"})
 RAW_DATA = "_raw_data"
 
 # Batch-level retry (the old workflow's rule): a batch is retried when fewer than these
@@ -134,8 +135,8 @@ def build_payload(scan: Scan, *, mode: Mode, store: int, upload_ids: Sequence[in
     payload.update(store=store, files=list(upload_ids), captured_at=capture_time(scan))
     if marker_field:
         payload[marker_field] = marker
-    if with_details and scan.details is not None:
-        payload["details"] = asdict(scan.details)
+    if with_details and scan.reports:
+        payload["reports"] = [asdict(report) for report in scan.reports]
     return payload
 
 

@@ -262,7 +262,8 @@ def test_workbook_text_escaping_and_row_chunks(tmp_path: Path) -> None:
                        frame_from_rows(source), frame_from_rows(target))
     write_workbook(tmp_path / "a.xlsx", analysis, comment_counts(analysis))
     sheet = openpyxl.load_workbook(tmp_path / "a.xlsx")["Analysis"]
-    names = [row[4].value for row in sheet.iter_rows(min_row=2)]
+    column = [c.value for c in sheet[1]].index("Source_POG_Name")
+    names = [row[column].value for row in sheet.iter_rows(min_row=2)]
     assert names == ["a < b & c > d", "bellring", "  lead and trail  ", "x" * 32_767, "ok"]
     styles = pd.Series(range(5)).to_numpy()
     whole = "".join(sheetxml.row_chunks(analysis, styles, chunk=1000))
@@ -313,3 +314,42 @@ def test_a_csv_with_both_id_columns_and_its_retry(tmp_path: Path) -> None:
     _, rows = csv_rows(root / result["run_dir"])
     assert [(r["Source_Scan_ID"], r["Target_Scan_ID"], r["comment"]) for r in rows] == \
         [(str(s1), str(t1), HIGHER), (str(s3), str(t3), HIGHER)]
+
+
+def test_a_csv_with_blank_target_cells_lands_in_done_with_those_rows_missing(
+        tmp_path: Path) -> None:
+    """Blank Target_Scan_ID cells are pairs without a target: listed, every section of
+    their source Missing In Target, and the request is done (a finding, not an error)."""
+    root = make_root(tmp_path, demo=False, instances={
+        "src": {"kind": "folder", "path": "./data/src"},
+        "tgt": {"kind": "folder", "path": "./data/tgt"}},
+        profiles={"qa": {"action": "analyze", "source": "src", "target": "tgt"}},
+        defaults={"profile": "qa"})
+    src = FolderInstance("src", root / "data" / "src")
+    tgt = FolderInstance("tgt", root / "data" / "tgt")
+    image = tmp_path / "two.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"2" * 32)
+    two_sections = src.create_scan({
+        "store": 1, "files": [src.upload_file(image, "two.png")],
+        "captured_at": "2026-01-02T10:00:00+00:00",
+        "reports": [BASE, {**BASE, "section_id": 71, "section_name": "Yoghurt"}]})
+    s1, s3 = _scan(src, tmp_path, BASE), _scan(src, tmp_path, BASE)
+    t1 = _scan(tgt, tmp_path, BASE)
+    request = tmp_path / "pairs.csv"
+    request.write_text(f"Source_Scan_ID,Target_Scan_ID\n{s1},{t1}\n{two_sections},\n"
+                       f"{s3}, \n")
+    once = subprocess.run([sys.executable, "-m", "daemon", "once", str(request), "-c",
+                           str(root / "config.yml")], cwd=root, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert once.returncode == 0, once.stdout + once.stderr
+    result = json.loads((root / "done" / "pairs.csv.result.json").read_text())
+    assert result["status"] == "done"
+    _, rows = csv_rows(root / result["run_dir"])
+    assert [(r["Source_Scan_ID"], r["Target_Scan_ID"], r["Source_Section_Name"], r["comment"])
+            for r in rows] == [
+        (str(s1), str(t1), "Milk", OK),
+        (str(two_sections), "", "Milk", MISSING),
+        (str(two_sections), "", "Yoghurt", MISSING),
+        (str(s3), "", "Milk", MISSING)]
+    assert result["analysis"]["scan_counts"][MISSING] == 2
+    assert_workbook_matches(root / result["run_dir"])

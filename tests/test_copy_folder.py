@@ -59,7 +59,7 @@ def test_folder_to_folder_copy_skip_force_and_dry_run(tmp_path: Path) -> None:
             src, dst = source[int(row["Source_Scan_ID"])], target[int(row["Target_Scan_ID"])]
             assert dst["store_id"] == STORE
             assert dst["captured_at"] == src["captured_at"]
-            assert dst["details"] == src["details"]  # the archive keeps the report
+            assert dst["reports"] == src["reports"]  # the archive keeps the reports
             assert file_hashes(root, TARGET, dst) == file_hashes(root, SOURCE, src)
             assert [f["filename"] for f in dst["files"]] == [f["filename"] for f in src["files"]]
             payload = dst["provided_values"]

@@ -38,7 +38,8 @@ def platform_scan(raw: dict[str, object] | None = None, **kw: object) -> Scan:
         "captured_at": "2025-08-01T12:00:00+00:00", "created_at": "2025-08-01T12:07:00+00:00",
         "provided_values": {"_raw_data": dict(RAW if raw is None else raw)},
         "files": (FileRef(11), FileRef(12)),
-        "details": ScanDetails(section_name="Cola", pre_pog=71.5)}
+        "reports": (ScanDetails(section_name="Cola", pre_pog=71.5),
+                    ScanDetails(section_name="Door", pre_pog=12.0))}
     base.update(kw)
     return Scan(**base)  # type: ignore[arg-type]
 
@@ -69,8 +70,9 @@ def test_no_marker_field_means_no_marker_and_folder_payloads_are_read_as_is() ->
     payload = build_payload(folder_scan, mode="auto", store=1, upload_ids=[1, 2],
                             marker_field=None, marker="unused", with_details=True)
     assert "unused" not in payload.values()
-    assert payload["details"]["section_name"] == "Cola"  # the scan's, not the payload's
-    assert payload["details"]["pre_pog"] == 71.5
+    assert "details" not in payload  # the scan's reports, not the payload's
+    assert [r["section_name"] for r in payload["reports"]] == ["Cola", "Door"]
+    assert payload["reports"][0]["pre_pog"] == 71.5
     assert payload["device"] == "phone"
 
 

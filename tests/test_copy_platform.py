@@ -180,7 +180,8 @@ def test_import_folder_to_platform(qa: RefServer, tmp_path: Path) -> None:
         created = qa.scan(int(row["Target_Scan_ID"]))
         assert created is not None and created["store_id"] == store
         sent = created["provided_values"]["_raw_data"]
-        assert "details" not in sent  # the folder kind's report is no platform payload
+        # The folder kind's reports are no platform payload.
+        assert "details" not in sent and "reports" not in sent
         assert sent["captured_at"] == doc["captured_at"]
         assert sent["device"] == doc["provided_values"]["device"]
         assert sent["scanrelay_ref"] == f"demo-source:{doc['id']}:{store}"
@@ -192,7 +193,8 @@ def test_import_folder_to_platform(qa: RefServer, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_export_platform_to_folder_keeps_files_and_details(prod: RefServer,
                                                            tmp_path: Path) -> None:
-    seeded = prod.seed(scans=5, files_per_scan=2, file_size=4_000, seed=8)
+    seeded = prod.seed(scans=5, files_per_scan=2, file_size=4_000, seed=8,
+                       sections=(1, 2, 3))
     root = root_for(tmp_path, {"prod": prod}, instances={
         "archive": {"kind": "folder", "path": "./data/archive"}})
     folder, result = copy_once(root, env_for(prod=prod), "export.json",
@@ -202,10 +204,12 @@ def test_export_platform_to_folder_keeps_files_and_details(prod: RefServer,
     for row in mapping_rows(root / result["run_dir"]):
         source_id = int(row["Source_Scan_ID"])
         doc = json.loads((archive / row["Target_Scan_ID"] / "scan.json").read_text())
-        details = prod.scan_details(source_id)
-        assert details is not None and doc["has_report"] is True
-        assert doc["details"]["section_name"] == details["section_name"]
-        assert doc["details"]["pre_pog"] == pytest.approx(details["pre_pog"])
+        reports = prod.scan_reports(source_id)  # every section, in order
+        assert reports and doc["has_report"] is True
+        assert [r["section_name"] for r in doc["reports"]] == \
+            [r["section_name"] for r in reports]
+        assert [r["pre_pog"] for r in doc["reports"]] == \
+            pytest.approx([r["pre_pog"] for r in reports])
         assert doc["store_id"] == 5
         assert doc["provided_values"]["scanrelay_ref"] == f"prod:{source_id}:5"
         names = [f.original_filename for f in seeded.files[source_id]]

@@ -53,6 +53,10 @@ class SeedScan:
     files: tuple[SeedFile, ...]
     details: ScanDetails | None = None
     provided: dict[str, Any] = field(default_factory=dict)
+    extra: tuple[ScanDetails, ...] = ()  # more reports (sections) after ``details``
+
+    def reports(self) -> list[dict[str, Any]]:
+        return [asdict(d) for d in (self.details, *self.extra) if d is not None]
 
 
 @dataclass
@@ -93,11 +97,14 @@ def _image(n: int) -> bytes:
 COLA = ScanDetails(store_planogram_id=501, planogram_name="Beverages 2024.2", section_id=31,
                    section_name="Soft Drinks / Cola", is_additional_section=False,
                    pre_pog=81.5, post_pog=90.0, pre_osa=88.0, post_osa=97.25, ok_count=40,
-                   wandering_count=2, oos_count=3, hole_count=1)
+                   wandering_count=2, oos_count=3, hole_count=1,
+                   compliance_date="2024-03-01")
 # Same store planogram as COLA, another day: other figures, some unknown. The platform
 # keeps POG/OSA figures per store planogram and day, so each scan must read its own.
 COLA_LATER = replace(COLA, pre_pog=70.0, post_pog=None, pre_osa=91.5, post_osa=None,
-                     ok_count=38, hole_count=None)
+                     ok_count=38, hole_count=None, compliance_date="2024-03-03")
+# Another section of the same realogram (and store planogram, so the same day's figures).
+DOOR = replace(COLA_LATER, section_id=33, section_name="Door 2 «Cans»", ok_count=12)
 # No store planogram: no POG/OSA figures either (the platform has none to give).
 CAFE = ScanDetails(store_planogram_id=None, planogram_name="Hot Drinks", section_id=32,
                    section_name="Café & Tea 'Spécial'", is_additional_section=True,
@@ -115,7 +122,7 @@ SEEDS: tuple[SeedScan, ...] = (
              (SeedFile("c1.png", _image(4)),)),
     SeedScan("d", 1, "2024-03-03T08:00:00+00:00", "done",
              (SeedFile("d1.png", _image(5)), SeedFile("d2.png", _image(6)),
-              SeedFile("d3.png", _image(7))), COLA_LATER),
+              SeedFile("d3.png", _image(7))), COLA_LATER, extra=(DOOR, COLA_LATER)),
     SeedScan("e", 2, "2024-03-01T09:00:00+00:00", "done", (SeedFile("e1.png", _image(8)),),
              None),
 )
@@ -143,7 +150,7 @@ def folder_factory(tmp_path: Path, seeds: Sequence[SeedScan]) -> Seeded:
             "provided_values": {"store": seed.store_id, "files": ids, **seed.provided},
             "files": [{"file_id": i, "file_type": "image", "filename": f.filename}
                       for i, f in zip(ids, seed.files, strict=True)],
-            "details": None if seed.details is None else asdict(seed.details),
+            "reports": seed.reports(),
         }
         (folder / "scan.json").write_text(json.dumps(doc), encoding="utf-8")
         scan_ids[seed.key] = scan_id
@@ -166,8 +173,7 @@ def platform_factory(tmp_path: Path, seeds: Sequence[SeedScan]) -> Seeded:
             scan_ids[seed.key], file_ids[seed.key] = server.insert_scan(
                 seed.store_id, datetime.fromisoformat(seed.captured_at), seed.status,
                 files=[(f.filename, f.data) for f in seed.files],
-                details=None if seed.details is None else asdict(seed.details),
-                provided_values=seed.provided)
+                reports=seed.reports(), provided_values=seed.provided)
         instance = PlatformInstance("contract-platform", _platform_config(server, tmp_path))
     except BaseException:
         _run_all(reversed(cleanup))
@@ -271,12 +277,18 @@ def test_details_round_trip(contract_instance: Seeded) -> None:
     ids = contract_instance.scan_ids
     by_key = {contract_instance.key_of(s.id): s
               for s in contract_instance.instance.get_scans(list(ids.values()))}
-    assert by_key["a"].details == COLA
-    assert by_key["d"].details == COLA_LATER  # its own day's figures, nulls kept
-    assert by_key["b"].details == CAFE  # nulls, unicode, quotes and additional survive
+    assert [_as_given(r) for r in by_key["a"].reports] == [COLA]
+    # Every report (section, bay) in order, its own day's figures, nulls kept.
+    assert [_as_given(r) for r in by_key["d"].reports] == [COLA_LATER, DOOR, COLA_LATER]
+    assert [_as_given(r) for r in by_key["b"].reports] == [CAFE]  # nulls, unicode, quotes
     assert by_key["c"].details is None and not by_key["c"].has_report
     assert not by_key["c"].processed  # status processing
     assert by_key["e"].details is None and not by_key["e"].processed
+
+
+def _as_given(report: ScanDetails) -> ScanDetails:
+    """A report without the IDs a platform assigns (a folder keeps what it is given)."""
+    return replace(report, report_id=None, planogram_id=None)
 
 
 def _select(seeded: Seeded, **criteria: Any) -> list[str]:

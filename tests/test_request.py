@@ -109,6 +109,13 @@ def test_csv_scan_column_wins_over_id_and_target_column_is_read() -> None:
     assert raw == {"scan_ids": [1, 2], "target_scan_ids": [11, 12]}
 
 
+def test_blank_target_cells_are_pairs_without_a_target() -> None:
+    raw = read_csv("scan_id,target_scan_id\n1,11\n2,\n3, \n4\n")
+    assert raw == {"scan_ids": [1, 2, 3, 4], "target_scan_ids": [11, None, None, None]}
+    data = xlsx([["Scan_ID", "Target_Scan_ID"], [1, None], [2, 12.0]])
+    assert read_xlsx(data) == {"scan_ids": [1, 2], "target_scan_ids": [None, 12]}
+
+
 def test_csv_rows_are_numbered_as_the_user_sees_them() -> None:
     with pytest.raises(RequestError) as exc:
         read_csv("\nscan_id\n1\n\nabc\n7\n1\n")

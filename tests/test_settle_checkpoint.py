@@ -262,8 +262,8 @@ def scan(section: str | None = None, pog: int | None = None, *, files: int = 1,
          details: bool = True, scan_id: int = 1001) -> Scan:
     return Scan(id=scan_id, store_id=1, status="done", has_report=details, captured_at=None,
                 created_at=None, files=tuple(FileRef(i) for i in range(1, files + 1)),
-                details=ScanDetails(section_name=section, store_planogram_id=pog)
-                if details else None)
+                reports=(ScanDetails(section_name=section, store_planogram_id=pog),)
+                if details else ())
 
 
 @pytest.mark.parametrize(("s", "expected"), [

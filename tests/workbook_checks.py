@@ -76,8 +76,10 @@ def assert_workbook_matches(run_dir: Path) -> None:
         assert len(fills) == 1, f"row {number}: one colour across the row, got {fills}"
         assert colour_name(fills.pop()) == SPEC_COLOURS[values[comment_col]], \
             f"row {number}: colour does not match {values[comment_col]}"
-    _assert_summary(book["Summary"], Counter(r["comment"] for r in rows), len(rows))
+    _assert_summary(book["Summary"], Counter(r["comment"] for r in rows), len(rows),
+                    _worst_per_scan(rows))
     _assert_legend(book["Legend"])
+    _assert_streaming_reader_sees_every_row(run_dir, header, rows)
     with zipfile.ZipFile(run_dir / "analysis.xlsx") as zf:
         charts = [n for n in zf.namelist() if n.startswith("xl/charts/chart")]
         assert charts, "the Summary sheet has a chart"
@@ -86,14 +88,44 @@ def assert_workbook_matches(run_dir: Path) -> None:
         assert "Summary!$B$2:$B$7</" in chart.replace("'", ""), "of the counts per comment"
 
 
-def _assert_summary(sheet: Any, counts: Counter[str], total: int) -> None:
+def _worst_per_scan(rows: list[dict[str, str]]) -> Counter[str]:
+    """Each pair once, under the first comment (in rule order) among its rows."""
+    order = list(SPEC_COLOURS)
+    worst: dict[tuple[str, str], str] = {}
+    for row in rows:
+        key = (row["Source_Scan_ID"], row["Target_Scan_ID"])
+        if key not in worst or order.index(row["comment"]) < order.index(worst[key]):
+            worst[key] = row["comment"]
+    return Counter(worst.values())
+
+
+def _assert_summary(sheet: Any, counts: Counter[str], total: int,
+                    scans: Counter[str]) -> None:
     rows = list(sheet.iter_rows(min_row=2, values_only=True))
     by_comment = {r[0]: r for r in rows if r[0] in SPEC_COLOURS}
     assert list(by_comment) == list(SPEC_COLOURS), "every comment, in rule order"
-    for comment, (_, count, share) in by_comment.items():
+    scan_total = sum(scans.values())
+    for comment, (_, count, share, scan_count, scan_share) in by_comment.items():
         assert count == counts[comment], comment
         assert abs(share - (count / total if total else 0)) < 1e-9, comment
+        assert scan_count == scans[comment], comment
+        assert abs(scan_share - (scan_count / scan_total if scan_total else 0)) < 1e-9
     assert ("Total", total) == tuple(rows[len(SPEC_COLOURS)][:2])
+    assert rows[len(SPEC_COLOURS)][3] == scan_total
+
+
+def _assert_streaming_reader_sees_every_row(run_dir: Path, header: list[str],
+                                            rows: list[dict[str, str]]) -> None:
+    """openpyxl in read-only mode trusts the sheet's declared extent (<dimension>)."""
+    book = openpyxl.load_workbook(run_dir / "analysis.xlsx", read_only=True)
+    try:
+        sheet = book["Analysis"]
+        assert sheet.max_row == len(rows) + 1 and sheet.max_column == len(header)
+        read = [[as_csv_text(v) for v in r] for r in sheet.iter_rows(values_only=True)]
+    finally:
+        book.close()
+    assert read[0] == header
+    assert read[1:] == [[row[h] for h in header] for row in rows]
 
 
 def _assert_legend(sheet: Any) -> None:
@@ -103,3 +135,7 @@ def _assert_legend(sheet: Any) -> None:
         comment = row[0].value
         assert row[1].value == SPEC_COLOURS[comment]
         assert colour_name(row[0].fill.fgColor.rgb) == SPEC_COLOURS[comment]
+    text = " ".join(str(c.value) for r in sheet.iter_rows() for c in r if c.value)
+    for words in ("same section ID", "same section name", "Missing In Target",
+                  "compared with an empty source", "worst comment"):
+        assert words in text, f"the Legend states the matching rule ({words!r})"

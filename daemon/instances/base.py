@@ -31,9 +31,17 @@ class FileRef:
 
 @dataclass(frozen=True)
 class ScanDetails:
-    """The analysis of one scan (§7): what the compliance report says about it."""
+    """One compliance report of a scan (§7): a scan's realogram has one per section (and
+    realogram bay). The compliance figures are the store planogram's of the report's own
+    day (``compliance_date``, None when that day has none); ``compliance_fallback`` is
+    true when another day's figures were taken because the instance was configured to
+    (``analysis.compliance_fallback``). The ``majority_*`` fields are the newest
+    majority-v2 log row of the report's store planogram; ``map_by`` is what it says of
+    this scan (None when it does not list the scan)."""
 
+    report_id: int | None = None
     store_planogram_id: int | None = None
+    planogram_id: int | None = None
     planogram_name: str | None = None
     section_id: int | None = None
     section_name: str | None = None
@@ -46,12 +54,19 @@ class ScanDetails:
     wandering_count: int | None = None
     oos_count: int | None = None
     hole_count: int | None = None
+    compliance_date: str | None = None  # ISO day of the figures shown
+    compliance_fallback: bool = False
+    majority_v2_id: int | None = None
+    majority_store_planogram_id: int | None = None
+    majority_created_at: str | None = None
+    map_by: str | None = None
 
 
 @dataclass(frozen=True)
 class Scan:
-    """A scan as read from an instance. ``details`` is None when it has no report yet.
-    ``provided_values`` is the create payload the scan was made with (the platform
+    """A scan as read from an instance. ``reports`` are its compliance reports, one per
+    section (empty when it has none yet), in a stable order (the platform: by report
+    ID). ``provided_values`` is the create payload the scan was made with (the platform
     keeps it as ``provided_values->'_raw_data'``), a marker field included."""
 
     id: int
@@ -62,7 +77,14 @@ class Scan:
     created_at: str | None
     provided_values: Mapping[str, Any] = field(default_factory=dict)
     files: tuple[FileRef, ...] = ()
-    details: ScanDetails | None = None
+    reports: tuple[ScanDetails, ...] = ()
+    store_name: str | None = None
+    category_name: str | None = None
+
+    @property
+    def details(self) -> ScanDetails | None:
+        """The first report (what names a download's files), None without one."""
+        return self.reports[0] if self.reports else None
 
     @property
     def processed(self) -> bool:
@@ -103,7 +125,7 @@ class Instance(Protocol):
 
     def get_scans(self, scan_ids: Sequence[int]) -> list[Scan]:
         """The scans that exist among ``scan_ids``, in the order asked; missing ones are
-        left out (the caller reports them). Details are included where a report exists."""
+        left out (the caller reports them). Every compliance report of a scan is included."""
         ...
 
     def fetch_file(self, ref: FileRef, dest: BinaryIO) -> FetchedFile:

@@ -10,10 +10,10 @@ not seen yet (one directory listing when nothing is new), so scans created by an
 process are found without re-reading the whole folder.
 
 Created scans: ``create_scan`` moves the uploads into the new scan and writes it with
-status ``done``, ``has_report`` false and ``details`` null, unless the payload carries
-a ``details`` mapping (then ``has_report`` is true). An upload belongs to one scan: it
-is consumed by the create. A crash in the middle leaves a scan folder without
-``scan.json``: invisible, and safe to delete while no daemon runs.
+status ``done``, ``has_report`` false and no reports, unless the payload carries
+``reports`` (a list) or one ``details`` mapping (then ``has_report`` is true). An
+upload belongs to one scan: it is consumed by the create. A crash in the middle leaves
+a scan folder without ``scan.json``: invisible, and safe to delete while no daemon runs.
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ class FolderInstance:
 
     def create_scan(self, payload: Mapping[str, Any], *, scan_id: int | None = None) -> int:
         """Create a scan from ``payload`` ({store, files, captured_at, ...}; optional
-        ``details``). ``scan_id`` asks for a given ID (seeding, imports): PermanentError
+        ``reports``, or one report as ``details``). ``scan_id`` asks for a given ID
+        (seeding, imports): PermanentError
         if it is taken. An invalid payload or unknown upload: PermanentError."""
         request = parse_payload(payload)
         uploads = [self._staged_upload(file_id) for file_id in request.file_ids]
@@ -172,10 +173,10 @@ class FolderInstance:
         new_id = self._claim_scan_id(scan_id)
         scan = Scan(
             id=new_id, store_id=request.store_id, status="done",
-            has_report=request.details is not None, captured_at=request.captured_at,
+            has_report=bool(request.reports), captured_at=request.captured_at,
             created_at=now(), provided_values=request.provided,
             files=tuple(FileRef(u.file_id, "image", u.filename) for u in uploads),
-            details=request.details,
+            reports=request.reports,
         )
         with self._io(f"create scan {new_id}"):
             self._commit(scan, uploads)

@@ -25,11 +25,15 @@ Layout under the root (nothing is ever written outside it)::
       "provided_values": {...},                    # the create payload, as the platform
                                                    # keeps provided_values->'_raw_data'
       "files": [{"file_id": 7, "file_type": "image", "filename": "IMG_1.png"}],
-      "details": {...ScanDetails fields...}        # or null: no report yet
+      "reports": [{...ScanDetails fields...}, ...], # one per section; [] : no report yet
+      "store_name": "Store 12", "category_name": "Beverages"   # optional
     }
 
-``details`` takes the field names of ``base.ScanDetails``; missing ones are null
-(``is_additional_section``: false), unknown ones make the file corrupt.
+A report takes the field names of ``base.ScanDetails``; missing ones are null
+(``is_additional_section``, ``compliance_fallback``: false), unknown ones make the file
+corrupt. Folders written before scans had several reports hold ``"details": {...}``
+(or null) instead of ``reports``: read as one report (or none). A create payload may
+carry either key too.
 
 IDs: a scan ID is claimed by ``mkdir scans/<id>`` and a file ID by an ``O_EXCL`` create
 of ``.scanrelay/file-ids/<id>`` (holding ``{"filename", "name"}``: the original and the
@@ -70,7 +74,8 @@ def scan_to_json(scan: Scan) -> dict[str, Any]:
         "created_at": scan.created_at, "provided_values": dict(scan.provided_values),
         "files": [{"file_id": f.file_id, "file_type": f.file_type, "filename": f.filename}
                   for f in scan.files],
-        "details": None if scan.details is None else asdict(scan.details),
+        "reports": [asdict(report) for report in scan.reports],
+        "store_name": scan.store_name, "category_name": scan.category_name,
     }
 
 
@@ -86,15 +91,27 @@ def scan_from_json(data: Any, scan_id: int) -> Scan:
     files = data.get("files", [])
     if not isinstance(files, list):
         raise ValueError("files: not a list")
-    details = data.get("details")
     return Scan(
         id=scan_id, store_id=_get(data, "store_id", "int"),
         status=_get(data, "status", "str"), has_report=_get(data, "has_report", "bool"),
         captured_at=_get(data, "captured_at", "str | None"),
         created_at=_get(data, "created_at", "str | None"),
         provided_values=provided, files=tuple(_file_ref(f) for f in files),
-        details=None if details is None else _details(details),
+        reports=reports_of(data),
+        store_name=_get(data, "store_name", "str | None"),
+        category_name=_get(data, "category_name", "str | None"),
     )
+
+
+def reports_of(data: Mapping[str, Any]) -> tuple[ScanDetails, ...]:
+    """``reports`` (a list), or the one report of a legacy ``details`` (or none)."""
+    if "reports" in data:
+        reports = data["reports"]
+        if not isinstance(reports, list):
+            raise ValueError("reports: not a list")
+        return tuple(_details(r, "reports") for r in reports)
+    details = data.get("details")
+    return () if details is None else (_details(details),)
 
 
 def _file_ref(data: Any) -> FileRef:
@@ -105,12 +122,12 @@ def _file_ref(data: Any) -> FileRef:
                    filename=_get(data, "filename", "str | None"))
 
 
-def _details(data: Any) -> ScanDetails:
+def _details(data: Any, where: str = "details") -> ScanDetails:
     if not isinstance(data, Mapping):
-        raise ValueError("details: not an object")
+        raise ValueError(f"{where}: not an object")
     unknown = sorted(set(data) - set(DETAIL_TYPES))
     if unknown:
-        raise ValueError(f"details: unknown field(s) {', '.join(map(str, unknown))}")
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}")
     values = {name: _get(data, name, DETAIL_TYPES[name]) for name in data}
     return ScanDetails(**values)
 
@@ -186,7 +203,7 @@ class CreateRequest:
     store_id: int
     file_ids: list[int]
     captured_at: str | None
-    details: ScanDetails | None
+    reports: tuple[ScanDetails, ...]
     provided: dict[str, Any]  # a private, JSON-clean copy of the whole payload
 
 
@@ -205,10 +222,9 @@ def parse_payload(payload: Mapping[str, Any]) -> CreateRequest:
         captured_at = _get(payload, "captured_at", "str | None")
         if captured_at is not None:
             datetime.fromisoformat(captured_at)
-        details = payload.get("details")
         return CreateRequest(
             store_id=_get({"store": store}, "store", "int"), file_ids=file_ids,
-            captured_at=captured_at, details=None if details is None else _details(details),
+            captured_at=captured_at, reports=reports_of(payload),
             provided=json.loads(encode(dict(payload))),
         )
     except (ValueError, TypeError) as exc:

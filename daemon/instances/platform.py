@@ -33,7 +33,8 @@ class PlatformInstance:
     kind = "platform"
 
     def __init__(self, name: str, cfg: PlatformInstanceConfig, *,
-                 policy: RetryPolicy | None = None, chunk_size: int = CHUNK_SIZE) -> None:
+                 policy: RetryPolicy | None = None, chunk_size: int = CHUNK_SIZE,
+                 compliance_fallback: bool = False) -> None:
         self.name = name
         self.cfg = cfg
         self.max_connections = cfg.max_connections
@@ -48,13 +49,16 @@ class PlatformInstance:
         self.db = PlatformDb(name, self._conninfo, policy, sql=cfg.sql,
                              max_size=min(DB_POOL_MAX, max(1, cfg.max_connections // 2)),
                              timeout=min(cfg.timeout_seconds, 30.0), chunk_size=chunk_size,
-                             secrets=lambda: (self._db_password,))
+                             secrets=lambda: (self._db_password,),
+                             compliance_fallback=compliance_fallback)
 
     @classmethod
-    def from_config(cls, name: str, cfg: PlatformInstanceConfig) -> PlatformInstance:
+    def from_config(cls, name: str, cfg: PlatformInstanceConfig, *,
+                    compliance_fallback: bool = False) -> PlatformInstance:
         """Build the instance; connects nothing yet. Raises ``FatalError`` for unknown
-        ``api_paths`` or ``sql`` names."""
-        return cls(name, cfg)
+        ``api_paths`` or ``sql`` names. ``compliance_fallback``: the config's
+        ``analysis.compliance_fallback`` (see ``platform_db``)."""
+        return cls(name, cfg, compliance_fallback=compliance_fallback)
 
     # --- the Instance contract -------------------------------------------------------
 

@@ -35,13 +35,17 @@ CHUNK_SIZE = 5000
 Row = dict[str, Any]
 
 DEFAULT_SQL: dict[str, str] = {
-    # One row per scan among %(ids)s.
+    # One row per scan among %(ids)s, with its store's and category's names.
     "scans": """
         SELECT s.id, s.store_id, s.status, s.has_report, s.created_at,
                COALESCE(s.provided_values -> '_raw_data' ->> 'captured_at',
                         s.provided_values ->> 'captured_at') AS captured_at,
-               s.provided_values
+               s.provided_values,
+               st.name AS store_name,
+               cat.name AS category_name
         FROM realograms_implementation_scan s
+        LEFT JOIN master_data_implementation_store st ON st.id = s.store_id
+        LEFT JOIN master_data_implementation_category cat ON cat.id = s.selected_category_id
         WHERE s.id = ANY(%(ids)s)
     """,
     # The files of the scans among %(ids)s, in a stable order.
@@ -51,13 +55,16 @@ DEFAULT_SQL: dict[str, str] = {
         WHERE f.scan_id = ANY(%(ids)s)
         ORDER BY f.scan_id, f.file_id
     """,
-    # At most one row per scan among %(ids)s that has a compliance report (the newest
-    # report of its active realogram), with the store planogram's compliance of the
-    # scan's day (else the latest before it, else the latest at all).
+    # One row per compliance report (section, bay) of the active realogram of each scan
+    # among %(ids)s, by report ID. Figures: the store planogram's compliance of the
+    # report's own day; only when %(fallback)s, else the latest day before it, else the
+    # latest at all (compliance_date says which day). Majority v2: the newest log row of
+    # the report's store planogram and what it says of this scan.
     "scan_details": """
-        SELECT DISTINCT ON (s.id)
-               s.id AS scan_id,
+        SELECT s.id AS scan_id,
+               r.id AS report_id,
                r.store_planogram_id,
+               COALESCE(r.planogram_id, ps.planogram_id) AS planogram_id,
                p.name AS planogram_name,
                r.section_id,
                r.section_name,
@@ -71,10 +78,17 @@ DEFAULT_SQL: dict[str, str] = {
                c.post_compliance AS post_pog,
                c.pre_osa,
                c.post_osa,
+               c.date AS compliance_date,
+               c.date <> COALESCE(r.scan_created_date, s.created_at)::date
+                   AS compliance_fallback,
                r.compliance_rates ->> 'correct' AS ok_count,
                r.compliance_rates ->> 'wandering' AS wandering_count,
                r.compliance_rates ->> 'missing' AS oos_count,
-               r.compliance_rates ->> 'empty' AS hole_count
+               r.compliance_rates ->> 'empty' AS hole_count,
+               mv.id AS majority_v2_id,
+               mv.store_planogram_id AS majority_store_planogram_id,
+               mv.scan_created_date AS majority_created_at,
+               mv.data -> (s.id::text) ->> 'map_by' AS map_by
         FROM realograms_implementation_scan s
         JOIN planograms_compliance_planogramcompliancereport r
           ON r.realogram_id = s.active_realogram_id
@@ -82,16 +96,26 @@ DEFAULT_SQL: dict[str, str] = {
         LEFT JOIN planograms_implementation_planogram p
           ON p.id = COALESCE(r.planogram_id, ps.planogram_id)
         LEFT JOIN LATERAL (
-            SELECT spc.pre_compliance, spc.post_compliance, spc.pre_osa, spc.post_osa
+            SELECT spc.date, spc.pre_compliance, spc.post_compliance, spc.pre_osa,
+                   spc.post_osa
             FROM planograms_compliance_storeplanogramcompliance spc
             WHERE spc.store_planogram_id = r.store_planogram_id
+              AND (spc.date = COALESCE(r.scan_created_date, s.created_at)::date
+                   OR %(fallback)s::boolean)
             ORDER BY spc.date = COALESCE(r.scan_created_date, s.created_at)::date DESC,
                      spc.date <= COALESCE(r.scan_created_date, s.created_at)::date DESC,
                      spc.date DESC
             LIMIT 1
         ) c ON true
+        LEFT JOIN LATERAL (
+            SELECT m.id, m.store_planogram_id, m.scan_created_date, m.data
+            FROM planograms_compliance_majorityv2log m
+            WHERE m.store_planogram_id = r.store_planogram_id
+            ORDER BY m.scan_created_date DESC NULLS LAST, m.id DESC
+            LIMIT 1
+        ) mv ON true
         WHERE s.id = ANY(%(ids)s)
-        ORDER BY s.id, r.id DESC
+        ORDER BY s.id, r.id
     """,
     # Scan IDs by store, creation day range and status; oldest first.
     "select_scans": """
@@ -124,7 +148,8 @@ class PlatformDb:
     def __init__(self, name: str, conninfo: Callable[[], str], policy: RetryPolicy, *,
                  sql: Mapping[str, str] | None = None, max_size: int = 4,
                  timeout: float = 30.0, chunk_size: int = CHUNK_SIZE,
-                 secrets: Callable[[], Sequence[str | None]] = tuple) -> None:
+                 secrets: Callable[[], Sequence[str | None]] = tuple,
+                 compliance_fallback: bool = False) -> None:
         unknown = set(sql or {}) - set(DEFAULT_SQL)
         if unknown:
             raise FatalError(f"instance {name}: unknown sql names {sorted(unknown)}; "
@@ -132,6 +157,7 @@ class PlatformDb:
         self.name = name
         self.sql = {**DEFAULT_SQL, **(sql or {})}
         self.chunk_size = chunk_size
+        self.compliance_fallback = compliance_fallback
         self._conninfo = conninfo
         self._policy = policy
         self._max_size = max(1, max_size)
@@ -158,7 +184,7 @@ class PlatformDb:
 
     def get_scans(self, scan_ids: Sequence[int]) -> list[Scan]:
         """The existing scans among ``scan_ids`` in the order asked (each once), with
-        their files and, where a report exists, their details."""
+        their files and their compliance reports (none before processing)."""
         ids = list(dict.fromkeys(int(i) for i in scan_ids))
         rows = {int(r["id"]): r for r in self.query_ids("scans", ids)}
         found = [i for i in ids if i in rows]
@@ -166,19 +192,26 @@ class PlatformDb:
         for r in self.query_ids("scan_files", found):
             files.setdefault(int(r["scan_id"]), []).append(
                 FileRef(file_id=int(r["file_id"]), file_type=r["file_type"] or "image"))
-        details = {int(r["scan_id"]): _details(r) for r in self.query_ids("scan_details", found)}
-        return [_scan(rows[i], tuple(files.get(i, ())), details.get(i)) for i in found]
+        reports: dict[int, list[ScanDetails]] = {}
+        for r in self.query_ids("scan_details", found,
+                                {"fallback": self.compliance_fallback}):
+            reports.setdefault(int(r["scan_id"]), []).append(_details(r))
+        return [_scan(rows[i], tuple(files.get(i, ())), tuple(reports.get(i, ())))
+                for i in found]
 
     def find_scan_by_marker(self, field_name: str, value: str) -> int | None:
         """The lowest scan ID whose create payload had ``field_name == value``."""
         rows = self.query("find_scan_by_marker", {"field": field_name, "value": value})
         return int(rows[0]["id"]) if rows else None
 
-    def query_ids(self, name: str, ids: Sequence[int]) -> list[Row]:
-        """Run the named query once per chunk of ``ids`` (parameter ``ids``)."""
+    def query_ids(self, name: str, ids: Sequence[int],
+                  params: Mapping[str, Any] | None = None) -> list[Row]:
+        """Run the named query once per chunk of ``ids`` (parameter ``ids``, beside
+        ``params``)."""
         rows: list[Row] = []
         for start in range(0, len(ids), self.chunk_size):
-            rows += self.query(name, {"ids": list(ids[start:start + self.chunk_size])})
+            chunk = list(ids[start:start + self.chunk_size])
+            rows += self.query(name, {**(params or {}), "ids": chunk})
         return rows
 
     def query(self, name: str, params: Mapping[str, Any]) -> list[Row]:
@@ -238,7 +271,7 @@ def _day_start(day: date | None, days_after: int = 0) -> datetime | None:
     return datetime.combine(day + timedelta(days=days_after), time.min, tzinfo=UTC)
 
 
-def _scan(row: Row, files: tuple[FileRef, ...], details: ScanDetails | None) -> Scan:
+def _scan(row: Row, files: tuple[FileRef, ...], reports: tuple[ScanDetails, ...]) -> Scan:
     return Scan(
         id=int(row["id"]),
         store_id=int(row["store_id"]),
@@ -248,7 +281,9 @@ def _scan(row: Row, files: tuple[FileRef, ...], details: ScanDetails | None) -> 
         created_at=_text(row.get("created_at")),
         provided_values=_create_payload(row.get("provided_values")),
         files=files,
-        details=details,
+        reports=reports,
+        store_name=_text(row.get("store_name")),
+        category_name=_text(row.get("category_name")),
     )
 
 
@@ -263,7 +298,9 @@ def _create_payload(provided: Any) -> Mapping[str, Any]:
 
 def _details(row: Row) -> ScanDetails:
     return ScanDetails(
+        report_id=_int(row.get("report_id")),
         store_planogram_id=_int(row.get("store_planogram_id")),
+        planogram_id=_int(row.get("planogram_id")),
         planogram_name=row.get("planogram_name"),
         section_id=_int(row.get("section_id")),
         section_name=row.get("section_name"),
@@ -276,6 +313,12 @@ def _details(row: Row) -> ScanDetails:
         wandering_count=_int(row.get("wandering_count")),
         oos_count=_int(row.get("oos_count")),
         hole_count=_int(row.get("hole_count")),
+        compliance_date=_text(row.get("compliance_date")),
+        compliance_fallback=bool(row.get("compliance_fallback")),
+        majority_v2_id=_int(row.get("majority_v2_id")),
+        majority_store_planogram_id=_int(row.get("majority_store_planogram_id")),
+        majority_created_at=_text(row.get("majority_created_at")),
+        map_by=_text(row.get("map_by")),
     )
 
 

@@ -36,7 +36,8 @@ class Instances:
         if isinstance(cfg, PlatformInstanceConfig):
             from daemon.instances.platform import PlatformInstance
 
-            return PlatformInstance.from_config(name, cfg)
+            return PlatformInstance.from_config(
+                name, cfg, compliance_fallback=self._config.analysis.compliance_fallback)
         raise FatalError(f"instance {name!r}: unsupported kind")
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ reports. Functions take an open connection; the caller owns the transaction."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,16 @@ def insert_scanfiles(conn: Conn, scan_id: int, file_ids: Iterable[int]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Report:
+    """One compliance report to write (a section of a realogram)."""
+
+    planogram_id: int | None
+    store_planogram_id: int | None
+    section_id: int | None
+    values: ReportValues
+
+
 def write_report(
     conn: Conn,
     *,
@@ -173,40 +184,63 @@ def write_report(
     values: ReportValues,
     scan_date: datetime,
 ) -> int:
-    """Realogram, compliance report and store-planogram compliance for a scan, which
-    becomes done with a report. Returns the realogram ID."""
+    """One report: see ``write_reports``."""
+    report = Report(planogram_id, store_planogram_id, section_id, values)
+    return write_reports(conn, scan_id=scan_id, reports=[report], scan_date=scan_date)
+
+
+def write_reports(conn: Conn, *, scan_id: int, reports: Sequence[Report],
+                  scan_date: datetime) -> int:
+    """A realogram with one bay and one compliance report per report given, the store
+    planograms' compliance of the day, and the scan done with a report. Returns the
+    realogram ID. Reports of one store planogram must carry the same figures."""
     row = conn.execute(
         "INSERT INTO realograms_implementation_realogram DEFAULT VALUES RETURNING id"
     ).fetchone()
     assert row is not None
     realogram_id = int(row[0])
-    conn.execute(
-        "INSERT INTO planograms_compliance_planogramcompliancereport (realogram_id,"
-        " section_id, section_name, store_planogram_id, planogram_id, aisle_name,"
-        " compliance_rate, compliance_rates, scan_created_date)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            realogram_id,
-            section_id,
-            values.section_name,
-            store_planogram_id,
-            planogram_id,
-            values.aisle_name,
-            values.post_compliance,
-            Jsonb(values.compliance_rates()),
-            scan_date,
-        ),
-    )
-    if store_planogram_id is not None:
-        _upsert_store_compliance(conn, store_planogram_id, scan_date, values)
+    for report in reports:
+        values = report.values
+        conn.execute("INSERT INTO realograms_implementation_realogrambay (realogram_id)"
+                     " VALUES (%s)", (realogram_id,))
+        conn.execute(
+            "INSERT INTO planograms_compliance_planogramcompliancereport (realogram_id,"
+            " section_id, section_name, store_planogram_id, planogram_id, aisle_name,"
+            " compliance_rate, compliance_rates, scan_created_date)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (realogram_id, report.section_id, values.section_name,
+             report.store_planogram_id, report.planogram_id, values.aisle_name,
+             values.post_compliance, Jsonb(values.compliance_rates()), scan_date),
+        )
+        if report.store_planogram_id is not None:
+            _upsert_store_compliance(conn, report.store_planogram_id, scan_date, values)
+    first_planogram = reports[0].planogram_id if reports else None
     conn.execute(
         "UPDATE realograms_implementation_scan SET status = 'done', has_report = true,"
         " active_realogram_id = %s, updated_at = now(), selected_category_id ="
         " coalesce((SELECT category_id FROM planograms_implementation_planogram"
         " WHERE id = %s), selected_category_id) WHERE id = %s",
-        (realogram_id, planogram_id, scan_id),
+        (realogram_id, first_planogram, scan_id),
     )
     return realogram_id
+
+
+def log_majority(conn: Conn, store_planogram_id: int, scan_id: int,
+                 map_by: str | None) -> None:
+    """A new newest majority-v2 log row of the store planogram: the newest row's data,
+    plus ``scan_id`` when ``map_by`` is given."""
+    row = conn.execute(
+        "SELECT data FROM planograms_compliance_majorityv2log WHERE store_planogram_id = %s"
+        " ORDER BY scan_created_date DESC, id DESC LIMIT 1", (store_planogram_id,)
+    ).fetchone()
+    data = dict(row[0]) if row else {}
+    if map_by is not None:
+        data[str(scan_id)] = {"map_by": map_by}
+    conn.execute(
+        "INSERT INTO planograms_compliance_majorityv2log (store_planogram_id,"
+        " scan_created_date, data) VALUES (%s, clock_timestamp(), %s)",
+        (store_planogram_id, Jsonb(data)),
+    )
 
 
 def _upsert_store_compliance(
@@ -259,7 +293,7 @@ def scan_row(conn: Conn, scan_id: int) -> dict[str, Any] | None:
 
 
 DETAILS_SQL = f"""
-SELECT s.id AS scan_id, s.status, s.has_report,
+SELECT s.id AS scan_id, s.status, s.has_report, r.id AS report_id,
        r.store_planogram_id, p.name AS planogram_name, r.section_id, r.section_name,
        EXISTS (SELECT 1 FROM planograms_implementation_planogramsectionproduct sp
                WHERE sp.section_id = r.section_id AND {ADDITIONAL_SQL}) AS is_additional_section,
@@ -279,7 +313,15 @@ WHERE s.id = %s AND s.status = 'done' AND s.has_report
 
 
 def scan_details(conn: Conn, scan_id: int) -> dict[str, Any] | None:
-    """The §7 figures of a processed scan, read straight from the tables (the server's
-    own reading, independent of any client); None when it has no report."""
+    """The §7 figures of a processed scan's first report, read straight from the tables
+    (the server's own reading, independent of any client); None when it has no report."""
+    reports = scan_reports(conn, scan_id)
+    if not reports:
+        return None
+    return {k: v for k, v in reports[0].items() if k != "report_id"}  # as it always was
+
+
+def scan_reports(conn: Conn, scan_id: int) -> list[dict[str, Any]]:
+    """``scan_details`` of every report of the scan, by report ID, with ``report_id``."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(DETAILS_SQL, (scan_id,)).fetchone()
+        return cur.execute(DETAILS_SQL + " ORDER BY r.id", (scan_id,)).fetchall()

@@ -37,6 +37,13 @@ DETAIL_FIELDS = frozenset({
     "is_additional_section", "pre_pog", "post_pog", "pre_osa", "post_osa",
     "ok_count", "wandering_count", "oos_count", "hole_count",
 })
+# ScanDetails fields the platform derives itself (IDs, the day of the figures, the
+# majority-v2 log): accepted only empty (compliance_date: or the capture day), so
+# asdict(ScanDetails(...)) can be passed.
+DERIVED_FIELDS = frozenset({
+    "report_id", "planogram_id", "compliance_date", "compliance_fallback", "majority_v2_id",
+    "majority_store_planogram_id", "majority_created_at", "map_by",
+})
 FIGURES = ("pre_pog", "post_pog", "pre_osa", "post_osa")
 # compliance_rates key -> details field (schema.sql: OK, wandering, OOS, hole)
 RATE_FIELDS = {"correct": "ok_count", "wandering": "wandering_count",
@@ -54,12 +61,23 @@ def insert_scan(
     details: Mapping[str, Any] | None,
     provided_values: Mapping[str, Any],
     created_at: datetime | None,
+    reports: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[int, list[int]]:
-    """Write one scan (see the module doc); return (scan ID, file IDs in order)."""
-    unknown = set(details or {}) - DETAIL_FIELDS
-    if unknown:
-        raise ValueError(f"unknown details fields: {sorted(unknown)}")
+    """Write one scan (see the module doc); return (scan ID, file IDs in order).
+    ``reports``: several compliance reports (sections), instead of one ``details``."""
+    if details is not None and reports:
+        raise ValueError("give details (one report) or reports, not both")
     captured = captured_at if captured_at.tzinfo else captured_at.replace(tzinfo=UTC)
+    captured_day = captured.astimezone(UTC).date().isoformat()  # the figures' own day
+    all_reports = list(reports) if reports else ([] if details is None else [details])
+    for report in all_reports:
+        unknown = set(report) - DETAIL_FIELDS - DERIVED_FIELDS
+        if unknown:
+            raise ValueError(f"unknown details fields: {sorted(unknown)}")
+        derived = sorted(f for f in DERIVED_FIELDS if report.get(f) not in (None, False)
+                         and not (f == "compliance_date" and report[f] == captured_day))
+        if derived:
+            raise ValueError(f"{derived}: the platform derives these; leave them empty")
     ensure_row(conn, "master_data_implementation_store", store_id, {"name": f"Store {store_id}"})
     file_ids = []
     for filename, data in files:
@@ -72,11 +90,16 @@ def insert_scan(
     scan_id = db.insert_scan(conn, store_id=store_id, provided_values={"_raw_data": raw},
                              created_at=created_at or captured)
     db.insert_scanfiles(conn, scan_id, file_ids)
-    realogram_id = None if details is None else _write_report(conn, store_id, captured, details)
+    realogram_id = None
+    if all_reports:
+        realogram_id = _realogram(conn)
+        day_figures: dict[int, tuple[Any, ...]] = {}
+        for report in all_reports:
+            _write_report(conn, store_id, captured, report, realogram_id, day_figures)
     conn.execute(
         "UPDATE realograms_implementation_scan SET status = %s, has_report = %s,"
         " active_realogram_id = %s WHERE id = %s",
-        (status, details is not None, realogram_id, scan_id),
+        (status, bool(all_reports), realogram_id, scan_id),
     )
     return scan_id, file_ids
 
@@ -145,9 +168,18 @@ def _section(conn: Conn, section_id: int, planogram_id: int, name: str,
         raise ValueError(f"section {section_id} exists with is_additional_section={not additional}")
 
 
-def _write_report(conn: Conn, store_id: int, captured: datetime,
-                  details: Mapping[str, Any]) -> int:
-    """Realogram, compliance report and (with a store planogram) the day's figures."""
+def _realogram(conn: Conn) -> int:
+    row = conn.execute(
+        "INSERT INTO realograms_implementation_realogram DEFAULT VALUES RETURNING id"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _write_report(conn: Conn, store_id: int, captured: datetime, details: Mapping[str, Any],
+                  realogram_id: int, day_figures: dict[int, tuple[Any, ...]]) -> None:
+    """A bay, a compliance report and (with a store planogram) the day's figures, which
+    two reports of one store planogram must agree on (``day_figures``: those so far)."""
     name = details.get("planogram_name")
     spid = details.get("store_planogram_id")
     section_id = details.get("section_id")
@@ -165,11 +197,12 @@ def _write_report(conn: Conn, store_id: int, captured: datetime,
         _section(conn, section_id, planogram_id,
                  details.get("section_name") or f"Section {section_id}",
                  bool(details.get("is_additional_section")))
-    row = conn.execute(
-        "INSERT INTO realograms_implementation_realogram DEFAULT VALUES RETURNING id"
-    ).fetchone()
-    assert row is not None
-    realogram_id = int(row[0])
+    figures = tuple(details.get(f) for f in FIGURES)
+    if spid is not None and day_figures.setdefault(spid, figures) != figures:
+        raise ValueError(f"store planogram {spid}: two reports with other {', '.join(FIGURES)};"
+                         " the platform keeps them per store planogram and day")
+    conn.execute("INSERT INTO realograms_implementation_realogrambay (realogram_id)"
+                 " VALUES (%s)", (realogram_id,))
     rates = {key: details[f] for key, f in RATE_FIELDS.items() if details.get(f) is not None}
     if details.get("post_osa") is not None:
         rates["osa"] = details["post_osa"]
@@ -191,4 +224,3 @@ def _write_report(conn: Conn, store_id: int, captured: datetime,
             (spid, captured.astimezone(UTC).date(), details.get("pre_osa"),
              details.get("post_osa"), details.get("pre_pog"), details.get("post_pog")),
         )
-    return realogram_id

@@ -10,7 +10,7 @@ scan: it knows the source scan, its planogram, section and figures. Its recognit
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -68,6 +68,7 @@ class ReportValues:
     wandering: int
     missing: int
     empty: int
+    section_id: int | None = None  # in the database of the server that holds the report
 
     @classmethod
     def from_details(cls, details: Mapping[str, Any]) -> ReportValues:
@@ -86,6 +87,7 @@ class ReportValues:
             wandering=details["wandering_count"],
             missing=details["oos_count"],
             empty=details["hole_count"],
+            section_id=details.get("section_id"),
         )
 
     def compliance_rates(self) -> dict[str, float | int]:
@@ -101,23 +103,32 @@ class ReportValues:
 
 @dataclass(frozen=True)
 class ScanTruth:
-    """The ground truth of one seeded scan, as embedded in its files' headers."""
+    """The ground truth of one seeded scan, as embedded in its files' headers: its first
+    report (``values``) and the reports of its other sections (``extra``)."""
 
     source_scan_id: int
     store_id: int
     values: ReportValues
+    extra: tuple[ReportValues, ...] = ()
+
+    @property
+    def sections(self) -> tuple[ReportValues, ...]:
+        """Every report of the scan, first one first."""
+        return (self.values, *self.extra)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "source_scan_id": self.source_scan_id,
             "store_id": self.store_id,
             "values": asdict(self.values),
+            "extra": [asdict(v) for v in self.extra],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScanTruth:
         return cls(
-            int(data["source_scan_id"]), int(data["store_id"]), ReportValues(**data["values"])
+            int(data["source_scan_id"]), int(data["store_id"]), ReportValues(**data["values"]),
+            tuple(ReportValues(**v) for v in data.get("extra", ())),
         )
 
     def encode(self) -> bytes:
@@ -139,6 +150,52 @@ def comment_for(source: ReportValues | None, target: ReportValues | None) -> Com
     if target.pre_compliance > source.pre_compliance:
         return Comment.HIGHER_POG
     return Comment.NO_ISSUES
+
+
+@dataclass(frozen=True)
+class ExpectedRow:
+    """One row an analysis must print for a pair: the source report and the target
+    report it goes with (None: that side is empty), and the row's comment."""
+
+    source: ReportValues | None
+    target: ReportValues | None
+    comment: Comment
+
+
+def match_reports(source: Sequence[ReportValues], target: Sequence[ReportValues]
+                  ) -> list[tuple[ReportValues | None, ReportValues | None]]:
+    """SPEC §7's matching within a pair, written plainly: same section ID, else same
+    section name (the n-th of a kind with the n-th), else the one report left on each
+    side; the rest alone. Source reports in order first, then the unmatched target."""
+    partner: dict[int, int] = {}
+    for key in ("section_id", "section_name"):
+        taken: set[int] = set(partner.values())
+        for i, report in enumerate(source):
+            value = getattr(report, key)
+            if i in partner or value is None:
+                continue
+            j = next((j for j, t in enumerate(target)
+                      if j not in taken and getattr(t, key) == value), None)
+            if j is not None:
+                partner[i] = j
+                taken.add(j)
+    left_source = [i for i in range(len(source)) if i not in partner]
+    left_target = [j for j in range(len(target)) if j not in partner.values()]
+    if len(left_source) == 1 and len(left_target) == 1:
+        partner[left_source[0]] = left_target[0]
+    rows: list[tuple[ReportValues | None, ReportValues | None]] = [
+        (s, target[partner[i]] if i in partner else None) for i, s in enumerate(source)]
+    rows += [(None, t) for j, t in enumerate(target) if j not in partner.values()]
+    return rows or [(None, None)]
+
+
+def expected_rows(source: Sequence[ReportValues], target: Sequence[ReportValues] | None
+                  ) -> list[ExpectedRow]:
+    """The rows of a pair (``target`` None: no target scan, or no report yet)."""
+    if target is None:
+        return [ExpectedRow(s, None, Comment.MISSING) for s in source] or \
+            [ExpectedRow(None, None, Comment.MISSING)]
+    return [ExpectedRow(s, t, comment_for(s, t)) for s, t in match_reports(source, target)]
 
 
 @dataclass(frozen=True)
@@ -167,8 +224,11 @@ class Recognition:
     outcome: Outcome
     truth: ScanTruth | None
     payload: dict[str, Any]
-    applied: AppliedReport | None = None
+    applied: AppliedReport | None = None  # the first report
     processed: bool = False
+    applied_all: tuple[AppliedReport, ...] = ()  # every report written, first one first
+    extra_section: bool = False  # the target got a section the source does not have
+    map_by: dict[int, str] = field(default_factory=dict)  # majority v2, by store planogram
 
     @property
     def source_scan_id(self) -> int | None:
@@ -184,6 +244,16 @@ class Recognition:
             target = self.applied.values if self.applied else None
             return comment_for(self.truth.values, target)
         return NOMINAL_COMMENTS.get(self.outcome)
+
+    @property
+    def expected_rows(self) -> list[ExpectedRow] | None:
+        """Every row an analysis of source vs this scan must print, one per section
+        (see ``match_reports``); None while unprocessed or when the source is unknown."""
+        if self.truth is None or not self.processed:
+            return None
+        if self.outcome == Outcome.NO_REPORT or not self.applied_all:
+            return expected_rows(self.truth.sections, None)
+        return expected_rows(self.truth.sections, [a.values for a in self.applied_all])
 
 
 NOMINAL_COMMENTS: dict[Outcome, Comment] = {

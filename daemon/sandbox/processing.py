@@ -45,6 +45,7 @@ class RecognitionPolicy:
     weights: dict[Outcome, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     seed: int = 0
     forced: dict[int, Outcome] = field(default_factory=dict)
+    extra_sections: set[int] = field(default_factory=set)  # source scans: one more section
 
 
 def is_mapped(payload: dict[str, Any]) -> bool:
@@ -113,14 +114,17 @@ def _other_planogram(conn: Conn, rng: random.Random, values: ReportValues) -> Ta
     return Target(pog.id, section.id, _with_section(values, pog, section))
 
 
-def _other_section(conn: Conn, rng: random.Random, values: ReportValues) -> Target:
+def _other_section(conn: Conn, rng: random.Random, values: ReportValues,
+                   avoid: frozenset[str] = frozenset()) -> Target:
+    """A section of the same planogram with another name (none of ``avoid`` either:
+    the scan's other sections)."""
     pid = catalogue.planogram_id(conn, values.planogram_name, values.category_name)
     pog = next(p for p in catalogue.load_catalogue(conn) if p.id == pid)
-    others = [s for s in pog.sections if s.name != values.section_name]
+    others = [s for s in pog.sections if s.name not in avoid | {values.section_name}]
     if not others:
         catalogue.section_id(conn, pid, f"{values.section_name} (B)", additional=False)
         pog = next(p for p in catalogue.load_catalogue(conn) if p.id == pid)
-        others = [s for s in pog.sections if s.name != values.section_name]
+        others = [s for s in pog.sections if s.name not in avoid | {values.section_name}]
     section = rng.choice(others)
     return Target(pid, section.id, _with_section(values, pog, section))
 
@@ -183,7 +187,8 @@ def resolve(conn: Conn, rec: Recognition, seed: int) -> Target:
     if rec.outcome == Outcome.OTHER_PLANOGRAM:
         return _other_planogram(conn, rng, values)
     if rec.outcome == Outcome.OTHER_SECTION:
-        return _other_section(conn, rng, values)
+        avoid = frozenset(v.section_name for v in rec.truth.sections)
+        return _other_section(conn, rng, values, avoid)
     if rec.outcome == Outcome.ADDITIONAL_SECTION:
         return _same(conn, replace(values, is_additional=True))
     if rec.outcome == Outcome.HIGHER_POG:
@@ -192,9 +197,10 @@ def resolve(conn: Conn, rec: Recognition, seed: int) -> Target:
     return _same(conn, values)
 
 
-def _store_planogram(conn: Conn, rec: Recognition, target: Target) -> int | None:
+def _store_planogram(conn: Conn, rec: Recognition, target: Target,
+                     first: bool = True) -> int | None:
     kept = rec.payload.get("store_planogram")
-    if rec.outcome == Outcome.MAPPED and isinstance(kept, int):
+    if first and rec.outcome == Outcome.MAPPED and isinstance(kept, int):
         return kept
     if target.planogram_id is None:
         return None
@@ -210,6 +216,52 @@ def scan_date(payload: dict[str, Any]) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _targets(conn: Conn, rec: Recognition, seed: int) -> list[Target]:
+    """Where each section of a recognised scan lands: the first by its outcome, the
+    source's other sections as they are, and (``extra_section``) one section of the
+    first's planogram that the source does not have."""
+    first = resolve(conn, rec, seed)
+    targets = [first] + [_same(conn, v) for v in (rec.truth.extra if rec.truth else ())]
+    if rec.extra_section and first.planogram_id is not None:
+        rng = random.Random(f"{seed}:{rec.scan_id}:extra")
+        taken = frozenset(t.values.section_name for t in targets)
+        extra = _other_section(conn, rng, first.values, taken)
+        targets.append(replace(extra, values=replace(
+            extra.values, correct=rng.randint(20, 240), missing=rng.randint(0, 30))))
+    return targets
+
+
+def _one_day_figures(reports: list[tuple[int | None, Target]]) -> list[tuple[int | None, Target]]:
+    """The platform keeps POG and OSA % per store planogram and day: reports of one
+    store planogram show the figures of the first of them."""
+    first: dict[int, ReportValues] = {}
+    out = []
+    for spid, target in reports:
+        if spid is not None:
+            shared = first.setdefault(spid, target.values)
+            target = replace(target, values=replace(
+                target.values, pre_compliance=shared.pre_compliance,
+                post_compliance=shared.post_compliance, pre_osa=shared.pre_osa,
+                post_osa=shared.post_osa))
+        out.append((spid, target))
+    return out
+
+
+MAP_BY = ("majority", "section", "store_planogram")
+
+
+def _log_majority(conn: Conn, rec: Recognition, spids: list[int], seed: int) -> None:
+    """Majority v2 ran for each store planogram: a new newest log row that lists the
+    earlier scans and, most of the time, this one (with how it was mapped)."""
+    rng = random.Random(f"{seed}:{rec.scan_id}:majority")
+    for spid in dict.fromkeys(spids):
+        listed = rng.random() < 0.7
+        map_by = rng.choice(MAP_BY)
+        db.log_majority(conn, spid, rec.scan_id, map_by if listed else None)
+        if listed:
+            rec.map_by[spid] = map_by
+
+
 def apply(conn: Conn, rec: Recognition, seed: int) -> None:
     """Write the processing result of one created scan."""
     if rec.outcome == Outcome.NO_REPORT:
@@ -218,20 +270,19 @@ def apply(conn: Conn, rec: Recognition, seed: int) -> None:
     if rec.outcome == Outcome.SECTION_NOT_FOUND:
         db.mark_done_without_section(conn, rec.scan_id)
         return
-    target = resolve(conn, rec, seed)
-    spid = _store_planogram(conn, rec, target)
-    realogram = db.write_report(
-        conn,
-        scan_id=rec.scan_id,
-        planogram_id=target.planogram_id,
-        store_planogram_id=spid,
-        section_id=target.section_id,
-        values=target.values,
-        scan_date=scan_date(rec.payload),
-    )
-    rec.applied = AppliedReport(
-        realogram, target.planogram_id, spid, target.section_id, target.values
-    )
+    targets = _targets(conn, rec, seed)
+    placed = _one_day_figures([(_store_planogram(conn, rec, t, i == 0), t)
+                               for i, t in enumerate(targets)])
+    # The reports carry this database's section IDs (the matching goes by them).
+    reports = [db.Report(t.planogram_id, spid, t.section_id,
+                         replace(t.values, section_id=t.section_id)) for spid, t in placed]
+    realogram = db.write_reports(conn, scan_id=rec.scan_id, reports=reports,
+                                 scan_date=scan_date(rec.payload))
+    rec.applied_all = tuple(AppliedReport(realogram, r.planogram_id, r.store_planogram_id,
+                                          r.section_id, r.values) for r in reports)
+    rec.applied = rec.applied_all[0]
+    _log_majority(conn, rec, [r.store_planogram_id for r in reports
+                              if r.store_planogram_id is not None], seed)
 
 
 class Processor:
@@ -269,8 +320,14 @@ class Processor:
         """Recognise copies of this source scan with ``outcome`` (where feasible)."""
         self.policy.forced[source_scan_id] = outcome
 
+    def force_extra_section(self, source_scan_id: int) -> None:
+        """Copies of this source scan get one more section than the source has."""
+        self.policy.extra_sections.add(source_scan_id)
+
     def register(self, rec: Recognition) -> None:
         """Schedule a committed scan for processing after ``delay``."""
+        rec.extra_section = (rec.truth is not None
+                             and rec.truth.source_scan_id in self.policy.extra_sections)
         with self._cond:
             self._recognitions[rec.scan_id] = rec
             heapq.heappush(self._due, (time.monotonic() + self.delay, rec.scan_id))

@@ -14,6 +14,8 @@
 --   ->osa) are 0..100. compliance_rate equals post_compliance.
 -- * compliance_rates = {"correct", "wandering", "missing", "empty", "osa"}:
 --   OK = correct, wandering = wandering, OOS = missing, hole = empty.
+-- * A realogram has one compliance report per section (one bay each); reports of one
+--   store planogram and day share its storeplanogramcompliance row.
 -- * A section is additional when one of its products has action or merch_method
 --   LIKE '%additional%' (values are lower case).
 
@@ -99,6 +101,24 @@ CREATE TABLE IF NOT EXISTS planograms_compliance_planogramcompliancereport (
 
 CREATE INDEX IF NOT EXISTS planograms_report_realogram_idx
     ON planograms_compliance_planogramcompliancereport (realogram_id);
+
+-- A realogram's bays; the reference server writes one bay per compliance report.
+CREATE TABLE IF NOT EXISTS realograms_implementation_realogrambay (
+    id           serial PRIMARY KEY,
+    realogram_id integer NOT NULL REFERENCES realograms_implementation_realogram (id)
+);
+
+-- Majority v2 runs: the newest row of a store planogram maps scan IDs (as text) to
+-- {"map_by": ...}; a scan it did not map is not listed.
+CREATE TABLE IF NOT EXISTS planograms_compliance_majorityv2log (
+    id                 serial PRIMARY KEY,
+    store_planogram_id integer NOT NULL,
+    scan_created_date  timestamptz,
+    data               jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+
+CREATE INDEX IF NOT EXISTS planograms_majorityv2log_spid_idx
+    ON planograms_compliance_majorityv2log (store_planogram_id, scan_created_date);
 
 CREATE TABLE IF NOT EXISTS planograms_compliance_storeplanogramcompliance (
     id                 serial PRIMARY KEY,

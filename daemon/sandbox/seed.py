@@ -9,7 +9,7 @@ consecutive days (the newest yesterday by default), so no two seeded scans share
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from . import catalogue, db
@@ -35,6 +35,9 @@ class SeedSpec:
     captured_end: datetime | None = None
     captured_step: timedelta = timedelta(days=1)
     additional_share: float = 0.15  # share of scans on an additional section
+    # Sections (compliance reports) per scan, cycled over the scans: (1, 2, 3) gives the
+    # 1st scan one, the 2nd two, the 3rd three, the 4th one ...
+    sections: tuple[int, ...] = (1,)
 
 
 def default_captured_end() -> datetime:
@@ -157,23 +160,30 @@ def seed_scan(
     rng = random.Random(f"{spec.seed}:scan:{scan_id}:{index}")
     planogram = rng.choice(planograms)
     section = _pick_section(rng, planogram, spec.additional_share)
-    values = random_values(rng, planogram, section)
-    truth = ScanTruth(scan_id, store, values)
+    values = replace(random_values(rng, planogram, section), section_id=section.id)
+    extra = _extra_sections(rng, planogram, section, values,
+                            spec.sections[index % len(spec.sections)] - 1)
+    truth = ScanTruth(scan_id, store, values, tuple(v for _, v in extra))
     files = _seed_files(conn, blobs, spec, rng, truth)
     db.insert_scanfiles(conn, scan_id, [f.file_id for f in files])
     spid = catalogue.store_planogram_id(conn, planogram.id, store)
     raw = _raw_data(scan_id, store, files, captured, section, planogram, spid, values)
     db.set_provided_values(conn, scan_id, {"_raw_data": raw})
-    db.write_report(
-        conn,
-        scan_id=scan_id,
-        planogram_id=planogram.id,
-        store_planogram_id=spid,
-        section_id=section.id,
-        values=values,
-        scan_date=captured,
-    )
+    reports = [db.Report(planogram.id, spid, s.id, v) for s, v in [(section, values), *extra]]
+    db.write_reports(conn, scan_id=scan_id, reports=reports, scan_date=captured)
     return scan_id, truth, files
+
+
+def _extra_sections(rng: random.Random, planogram: Planogram, first: Section,
+                    values: ReportValues, count: int) -> list[tuple[Section, ReportValues]]:
+    """``count`` more sections of the planogram (other names, not additional), with
+    their own counts and the first's POG/OSA % (one row per store planogram and day)."""
+    others = [s for s in planogram.sections if not s.additional and s.name != first.name]
+    chosen = rng.sample(others, min(count, len(others)))
+    return [(s, replace(values, section_name=s.name, is_additional=False, section_id=s.id,
+                        correct=rng.randint(20, 240), wandering=rng.randint(0, 25),
+                        missing=rng.randint(0, 30), empty=rng.randint(0, 12)))
+            for s in chosen]
 
 
 def seed(

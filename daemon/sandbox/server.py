@@ -157,11 +157,13 @@ class RefServer:
         captured_end: datetime | None = None,
         captured_step: timedelta = timedelta(days=1),
         additional_share: float = 0.15,
+        sections: tuple[int, ...] = (1,),
     ) -> SeedResult:
         """Seed the catalogue (``stores`` stores) and ``scans`` processed scans with
         ``files_per_scan`` files of ``file_size`` bytes (or a random size in a
         (min, max) range). Files over ``lazy_above`` bytes are generated on the fly.
-        ``scans=0`` seeds only the catalogue, e.g. for a copy target."""
+        ``scans=0`` seeds only the catalogue, e.g. for a copy target. ``sections``:
+        compliance reports per scan, cycled over the scans."""
         spec = seeding.SeedSpec(
             scans,
             files_per_scan,
@@ -173,6 +175,7 @@ class RefServer:
             captured_end,
             captured_step,
             additional_share,
+            sections,
         )
         with self._pool.connection() as conn:
             store_ids, scan_ids, truths, files = seeding.seed(conn, self._state.blobs, spec)
@@ -188,9 +191,11 @@ class RefServer:
         details: Mapping[str, Any] | None = None,
         provided_values: Mapping[str, Any] | None = None,
         created_at: datetime | None = None,
+        reports: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[int, list[int]]:
         """One scan exactly as given: ``files`` as (original filename, bytes),
-        ``details`` with the fields of ``ScanDetails`` (None: no report),
+        ``details`` with the fields of ``ScanDetails`` (None: no report) or
+        ``reports``, several of them (one per section),
         ``provided_values`` added to the stored create payload (``store``, ``files``,
         ``captured_at``; its keys win); ``created_at`` defaults to ``captured_at``.
         Returns (scan ID, file IDs in order). See ``exact`` for how it is stored."""
@@ -205,6 +210,7 @@ class RefServer:
                 details=details,
                 provided_values=provided_values or {},
                 created_at=created_at,
+                reports=reports,
             )
 
     def add_user(self, username: str, password: str) -> None:
@@ -248,10 +254,15 @@ class RefServer:
             return db.scan_row(conn, scan_id)
 
     def scan_details(self, scan_id: int) -> dict[str, Any] | None:
-        """The §7 figures of a processed scan as this server reads its own tables;
-        None when the scan has no report."""
+        """The §7 figures of a processed scan (its first report) as this server reads
+        its own tables; None when the scan has no report."""
         with self._pool.connection() as conn:
             return db.scan_details(conn, scan_id)
+
+    def scan_reports(self, scan_id: int) -> list[dict[str, Any]]:
+        """``scan_details`` of every compliance report of the scan, by report ID."""
+        with self._pool.connection() as conn:
+            return db.scan_reports(conn, scan_id)
 
     # limits, records, ground truth ------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Scan details of one instance as a DataFrame: one row per scan found, typed columns.
+"""Scan details of one instance as a DataFrame: one row per compliance report of each
+scan found (one row without report fields for a scan that has none), typed columns.
 
 Read through ``Instance.get_scans`` in chunks (a platform runs its queries per chunk
 with ``= ANY(%s)`` in read-only transactions). Building the Scan objects costs about
@@ -16,20 +17,24 @@ import pandas as pd
 from daemon.instances.base import Instance, Scan
 from handlers.analysis.model import (
     BOOL_FIELDS,
+    CATEGORY_NAME,
     DETAIL_FIELDS,
     DETAILS_COLUMNS,
     FLOAT_FIELDS,
     HAS_REPORT,
     INT_FIELDS,
     LABELS,
+    PLANOGRAM_COUNTS,
     SCAN_ID,
     STATUS,
+    STORE_NAME,
     TEXT_FIELDS,
 )
 
 CHUNK = 5000  # scans per get_scans call: one query per chunk on a platform
 REPORTED = "reported"  # details present (a compliance report row exists)
-FRAME_COLUMNS: tuple[str, ...] = (SCAN_ID, STATUS, HAS_REPORT, REPORTED, *DETAIL_FIELDS)
+FRAME_COLUMNS: tuple[str, ...] = (SCAN_ID, STATUS, HAS_REPORT, REPORTED, STORE_NAME,
+                                   CATEGORY_NAME, *DETAIL_FIELDS)
 
 
 def read_details(instance: Instance, scan_ids: Sequence[int], *,
@@ -42,7 +47,8 @@ def read_details(instance: Instance, scan_ids: Sequence[int], *,
     ids = list(dict.fromkeys(int(i) for i in scan_ids))
     rows: list[dict[str, Any]] = []
     for start in range(0, len(ids), chunk):
-        rows.extend(_row(scan) for scan in instance.get_scans(ids[start:start + chunk]))
+        for scan in instance.get_scans(ids[start:start + chunk]):
+            rows.extend(_rows(scan))
         between_chunks(min(start + chunk, len(ids)))
     return frame_from_rows(rows)
 
@@ -62,6 +68,8 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     out[STATUS] = frame[STATUS].astype(object).where(frame[STATUS].notna(), None)
     out[HAS_REPORT] = frame[HAS_REPORT].fillna(False).astype(bool)
     out[REPORTED] = frame[REPORTED].fillna(False).astype(bool)
+    for name in (STORE_NAME, CATEGORY_NAME):
+        out[name] = frame[name].astype(object).where(frame[name].notna(), None)
     for name in DETAIL_FIELDS:
         column = frame[name]
         if name in INT_FIELDS:
@@ -80,22 +88,33 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def details_csv_frame(details: pd.DataFrame, scan_ids: Sequence[int]) -> pd.DataFrame:
     """What ``source_scandetails.csv`` / ``target_scandetails.csv`` hold: one row per
-    asked scan ID (first-seen order), ``Found`` false for the ones that do not exist."""
+    report of each asked scan ID (first-seen order; one row for a scan without reports),
+    ``Found`` false for the ones that do not exist; per scan the distinct planograms and
+    the reports with a planogram (``PLANOGRAM_COUNTS``: more than one flags a scan
+    mapped to several planograms)."""
     ids = pd.Series(list(dict.fromkeys(int(i) for i in scan_ids)), dtype="int64", name=SCAN_ID)
-    merged = ids.to_frame().merge(details, on=SCAN_ID, how="left", validate="one_to_one",
+    merged = ids.to_frame().merge(details, on=SCAN_ID, how="left", validate="one_to_many",
                                   indicator=True)
+    by_scan = merged.groupby(SCAN_ID, sort=False)["planogram_id"]
     out = pd.DataFrame({
         "Scan_ID": merged[SCAN_ID],
         "Found": merged["_merge"].eq("both"),
         "Status": merged[STATUS],
         "Has_Report": merged[HAS_REPORT].astype("boolean"),
+        "Store_Name": merged[STORE_NAME],
+        "Category_Name": merged[CATEGORY_NAME],
+        PLANOGRAM_COUNTS[0]: by_scan.transform("nunique").astype("int64"),
+        PLANOGRAM_COUNTS[1]: by_scan.transform("count").astype("int64"),
     })
     for name in DETAIL_FIELDS:
         out[LABELS[name]] = merged[name]
     return out[list(DETAILS_COLUMNS)]
 
 
-def _row(scan: Scan) -> dict[str, Any]:
-    details = vars(scan.details) if scan.details is not None else {}
-    return {SCAN_ID: scan.id, STATUS: scan.status, HAS_REPORT: scan.has_report,
-            REPORTED: scan.details is not None, **details}
+def _rows(scan: Scan) -> list[dict[str, Any]]:
+    """One row per report of ``scan`` (one without report fields when it has none)."""
+    base = {SCAN_ID: scan.id, STATUS: scan.status, HAS_REPORT: scan.has_report,
+            STORE_NAME: scan.store_name, CATEGORY_NAME: scan.category_name}
+    if not scan.reports:
+        return [{**base, REPORTED: False}]
+    return [{**base, REPORTED: True, **vars(report)} for report in scan.reports]

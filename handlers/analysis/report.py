@@ -1,6 +1,7 @@
 """``analysis.xlsx``: the Analysis sheet (every row filled with its comment's colour,
-header frozen, filters on, readable widths), a ``Summary`` sheet (count and share per
-comment, a bar chart) and a ``Legend`` sheet.
+header frozen, filters on, readable widths), a ``Summary`` sheet (rows and scans per
+comment with their shares, a bar chart of rows) and a ``Legend`` sheet (the comments,
+their colours and rules, and how sections are matched).
 
 openpyxl writes the workbook with everything but the data rows (a skeleton: a few
 hundred cells); then the skeleton's zip is copied into the final file with the data
@@ -27,7 +28,15 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from daemon.fsutil import atomic_writer
 from handlers.analysis import sheetxml
-from handlers.analysis.model import COLOURS, COMMENT, COMMENTS, RULES, SOURCE_ID, TARGET_ID
+from handlers.analysis.model import (
+    COLOURS,
+    COMMENT,
+    COMMENTS,
+    MATCHING_RULE,
+    RULES,
+    SOURCE_ID,
+    TARGET_ID,
+)
 
 DATA_SHEET, SUMMARY_SHEET, LEGEND_SHEET = "Analysis", "Summary", "Legend"
 DATA_PART = "xl/worksheets/sheet1.xml"  # openpyxl names sheets by position; data is first
@@ -41,10 +50,12 @@ def fill_of(comment: str) -> PatternFill:
     return PatternFill("solid", fgColor=argb, bgColor=argb)
 
 
-def write_workbook(path: Path, analysis: pd.DataFrame, counts: dict[str, int]) -> None:
+def write_workbook(path: Path, analysis: pd.DataFrame, counts: dict[str, int],
+                   scan_counts: dict[str, int] | None = None) -> None:
     """Write ``analysis`` (``model.ANALYSIS_COLUMNS``, ``comment`` categorical in
-    ``COMMENTS`` order) and ``counts`` to ``path`` atomically. Raises ``OSError``."""
-    skeleton, styles = _skeleton(analysis, counts)
+    ``COMMENTS`` order), ``counts`` (rows per comment) and ``scan_counts`` (scans per
+    worst comment; default: ``counts``) to ``path`` atomically. Raises ``OSError``."""
+    skeleton, styles = _skeleton(analysis, counts, scan_counts or counts)
     codes = np.asarray(analysis[COMMENT].cat.codes, dtype=np.int64)
     row_styles = np.asarray([styles[c.value] for c in COMMENTS], dtype=np.int64)[codes]
     with zipfile.ZipFile(io.BytesIO(skeleton)) as src, atomic_writer(path, "wb") as raw, \
@@ -62,9 +73,12 @@ def _write_data_part(out: zipfile.ZipFile, info: zipfile.ZipInfo, xml: bytes,
     head, sep, tail = xml.partition(b"</sheetData>")
     if not sep or b"<row " not in head:
         raise ValueError(f"unexpected skeleton worksheet in {DATA_PART}")
+    # The sheet's declared extent: streaming readers (openpyxl read-only) trust it.
     last = f"{get_column_letter(len(analysis.columns))}{len(analysis) + 1}"
-    head = re.sub(rb'<dimension ref="[^"]*"/>', f'<dimension ref="A1:{last}"/>'.encode(),
-                  head, count=1)
+    head, found = re.subn(rb'<dimension ref="[^"]*"\s*/>',
+                          f'<dimension ref="A1:{last}"/>'.encode(), head, count=1)
+    if not found:
+        raise ValueError(f"no <dimension> in the skeleton's {DATA_PART}")
     # Opened by name, the part takes the archive's compression (a bare ZipInfo would be
     # stored uncompressed).
     with out.open(info.filename, "w", force_zip64=True) as part:
@@ -74,14 +88,15 @@ def _write_data_part(out: zipfile.ZipFile, info: zipfile.ZipInfo, xml: bytes,
         part.write(sep + tail)
 
 
-def _skeleton(analysis: pd.DataFrame, counts: dict[str, int]) -> tuple[bytes, dict[str, int]]:
+def _skeleton(analysis: pd.DataFrame, counts: dict[str, int],
+              scan_counts: dict[str, int]) -> tuple[bytes, dict[str, int]]:
     """The workbook without data rows, and the style index of each comment's row fill."""
     wb = Workbook()
     data = wb.active
     assert data is not None
     data.title = DATA_SHEET
     _data_header(data, analysis)
-    _summary(wb.create_sheet(SUMMARY_SHEET), counts)
+    _summary(wb.create_sheet(SUMMARY_SHEET), counts, scan_counts)
     styles = _legend(wb.create_sheet(LEGEND_SHEET))
     wb.properties.creator = "scanrelay"
     buffer = io.BytesIO()
@@ -113,32 +128,40 @@ def _width(name: str, column: pd.Series) -> float:
     return float(min(MAX_WIDTH, max(MIN_WIDTH, len(name) + 3, longest + 2)))
 
 
-def _summary(ws: Worksheet, counts: dict[str, int]) -> None:
-    total = sum(counts.values())
-    ws.append(["Comment", "Count", "Share"])
+def _summary(ws: Worksheet, counts: dict[str, int], scan_counts: dict[str, int]) -> None:
+    """Rows per comment, and scans (pairs) per the worst comment of their rows."""
+    rows, scans = sum(counts.values()), sum(scan_counts.values())
+    ws.append(["Comment", "Rows", "Share of rows", "Scans", "Share of scans"])
     for cell in ws[1]:
         cell.font, cell.fill = HEADER_FONT, HEADER_FILL
     for row, comment in enumerate(COMMENTS, start=2):
-        count = counts.get(comment.value, 0)
-        ws.append([comment.value, count, count / total if total else 0.0])
+        count, scan_count = counts.get(comment.value, 0), scan_counts.get(comment.value, 0)
+        ws.append([comment.value, count, count / rows if rows else 0.0,
+                   scan_count, scan_count / scans if scans else 0.0])
         for cell in ws[row]:
             cell.fill = fill_of(comment.value)
-        ws.cell(row, 3).number_format = "0.0%"
-    ws.append(["Total", total, 1.0 if total else 0.0])
+    ws.append(["Total", rows, 1.0 if rows else 0.0, scans, 1.0 if scans else 0.0])
     last = len(COMMENTS) + 2
-    ws.cell(last, 1).font = ws.cell(last, 2).font = Font(name="Calibri", size=11, bold=True)
-    ws.cell(last, 3).number_format = "0.0%"
+    for column in range(1, 6):
+        if column in (3, 5):
+            for row in range(2, last + 1):
+                ws.cell(row, column).number_format = "0.0%"
+        ws.cell(last, column).font = Font(name="Calibri", size=11, bold=True)
+    ws.append([])
+    ws.append(["Rows: one per section of each pair. Scans: each pair once, counted under "
+               "the worst comment of its rows (the first in the Legend)."])
     ws.column_dimensions["A"].width = max(len(c.value) for c in COMMENTS) + 4
-    ws.column_dimensions["B"].width = ws.column_dimensions["C"].width = 12
+    for letter in "BCDE":
+        ws.column_dimensions[letter].width = 15
     ws.freeze_panes = "A2"
-    ws.add_chart(_chart(ws), "E2")
+    ws.add_chart(_chart(ws), "G2")
 
 
 def _chart(ws: Worksheet) -> BarChart:
     chart = BarChart()
     chart.type = "bar"  # horizontal: the comment names stay readable
-    chart.title = "Pairs per comment"
-    chart.y_axis.title = "pairs"
+    chart.title = "Rows per comment"
+    chart.y_axis.title = "rows"
     chart.legend = None
     chart.x_axis.scaling.orientation = "maxMin"  # first comment on top, as in the table
     chart.y_axis.crosses = "max"  # and the pair counts below the bars, not above
@@ -170,6 +193,11 @@ def _legend(ws: Worksheet) -> dict[str, int]:
         styles[comment.value] = ws.cell(row, 1).style_id
     ws.append([])
     ws.append(["Rows of the Analysis sheet are filled with the colour of their comment."])
+    ws.append([])
+    ws.append(["How sections are matched"])
+    ws.cell(ws.max_row, 1).font = Font(name="Calibri", size=11, bold=True)
+    for line in MATCHING_RULE:
+        ws.append([line])
     ws.column_dimensions["A"].width = max(len(c.value) for c in COMMENTS) + 4
     ws.column_dimensions["B"].width = 10
     ws.column_dimensions["C"].width = max(len(r) for r in RULES.values()) + 4

@@ -36,7 +36,7 @@ class Instances:
         if isinstance(cfg, PlatformInstanceConfig):
             from daemon.instances.platform import PlatformInstance
 
-            return PlatformInstance.from_config(name, cfg)
+            return PlatformInstance.from_config(name, cfg, self._config.retry)
         raise FatalError(f"instance {name!r}: unsupported kind")
 
     def close(self) -> None:

@@ -63,10 +63,12 @@ class Health:
 
 @dataclass(frozen=True)
 class Ticket:
-    """A call let through by ``admit``: whether it is the probe, how long it waited."""
+    """A call let through by ``admit``: whether it is the probe, how long it waited, and
+    since when it has been waiting for its instance (None: the instance answers)."""
 
     probe: bool = False
     waited: float = 0.0
+    since: float | None = None
 
 
 Listener = Callable[["Breaker"], None]
@@ -107,28 +109,32 @@ class Breaker:
             return Health(self.instance, not self._open, self._since if self._open else None,
                           self._last_error if self._open else None, self._waiting)
 
-    def admit(self, stop: threading.Event | None = None) -> Ticket:
+    def admit(self, stop: threading.Event | None = None, since: float | None = None
+              ) -> Ticket:
         """Return at once while closed; while open, wait until the breaker closes or it
-        is this call's turn to probe. Raises ``OutageError`` after ``outage_seconds`` of
-        waiting, ``Interrupted`` when ``stop`` is set."""
+        is this call's turn to probe. ``since``: when this call began to wait for the
+        instance (a ``Ticket.since`` of its last admission), so a call that probes over
+        and over still waits ``outage_seconds`` in all. Raises ``OutageError`` past
+        that, ``Interrupted`` when ``stop`` is set."""
         with self._cond:
             if not self._open:
                 return Ticket()
-            start = self._clock()
+            entered = self._clock()
+            start = since if since is not None else entered
             self._waiting += 1
             try:
                 while self._open:
-                    waited = self._clock() - start
-                    if waited >= self.outage_seconds:
+                    now = self._clock()
+                    if now - start >= self.outage_seconds:
                         raise OutageError(f"{self.health_locked().reason()}; waited "
-                                          f"{waited:.0f} s (retry.outage_seconds)")
-                    if not self._probing and self._clock() >= self._next_probe:
+                                          f"{now - start:.0f} s (retry.outage_seconds)")
+                    if not self._probing and now >= self._next_probe:
                         self._probing = True
-                        return Ticket(probe=True, waited=waited)
-                    self._cond.wait(min(POLL, max(0.01, self._next_probe - self._clock())))
+                        return Ticket(probe=True, waited=now - entered, since=start)
+                    self._cond.wait(min(POLL, max(0.01, self._next_probe - now)))
                     if stop is not None and stop.is_set():
                         raise Interrupted("shutting down while an instance is unavailable")
-                return Ticket(waited=self._clock() - start)
+                return Ticket(waited=self._clock() - entered)
             finally:
                 self._waiting -= 1
 

@@ -255,7 +255,8 @@ class RetryPolicy:
 
     def wait_for(self, attempt: int, exc: BaseException | None) -> float:
         """The wait after failed try number ``attempt`` (1-based) that raised ``exc``."""
-        backoff = random.uniform(0.0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        # (the exponent is capped too: a float cannot hold 2**1024)
+        backoff = random.uniform(0.0, min(self.cap, self.base * 2 ** min(attempt - 1, 64)))
         retry_after = getattr(exc, "retry_after", None)
         return max(backoff, retry_after) if retry_after is not None else backoff
 
@@ -268,9 +269,10 @@ class RetryPolicy:
         unavailable past its ``outage_seconds``."""
         log = log if log is not None else default_logger
         start, paused, attempt = self.clock(), 0.0, 0
+        ticket = Ticket()
         while True:
             attempt += 1
-            ticket = self._admit()
+            ticket = self._admit(ticket.since)
             paused += ticket.waited
             try:
                 result = fn()
@@ -287,6 +289,8 @@ class RetryPolicy:
                     raise
                 _report(RetryEvent(describe, cause_of(exc), attempt, wait), self.attempts,
                         exc, log)
+                if self.breaker is not None and self.breaker.unavailable:
+                    paused += wait  # a wait for the instance, not for this item
                 with slots_released():
                     self.sleep(wait)
                 continue
@@ -294,11 +298,11 @@ class RetryPolicy:
                 self.breaker.record(ticket, None)
             return result
 
-    def _admit(self) -> Ticket:
+    def _admit(self, since: float | None) -> Ticket:
         if self.breaker is None:
             return Ticket()
         with slots_released():
-            return self.breaker.admit(STOPPING)
+            return self.breaker.admit(STOPPING, since)
 
     def _exhausted(self, attempt: int, spent_after_wait: float) -> bool:
         if self.attempts is not None and attempt >= self.attempts:

@@ -126,7 +126,7 @@ class Breaker:
                 while self._open:
                     now = self._clock()
                     if now - start >= self.outage_seconds:
-                        raise OutageError(f"{self.health_locked().reason()}; waited "
+                        raise OutageError(f"{self._health().reason()}; waited "
                                           f"{now - start:.0f} s (retry.outage_seconds)")
                     if not self._probing and now >= self._next_probe:
                         self._probing = True
@@ -152,7 +152,7 @@ class Breaker:
                 self._probing = False
                 self._cond.notify_all()
 
-    def health_locked(self) -> Health:
+    def _health(self) -> Health:
         return Health(self.instance, not self._open, self._since, self._last_error,
                       self._waiting)
 
@@ -184,7 +184,7 @@ class Breaker:
                 self._probes += 1
                 self._next_probe = now + self._probe_wait()
                 self._cond.notify_all()
-            reason = self.health_locked().reason()
+            reason = self._health().reason()
         if opening:
             logger.warning("{}: runs against it wait for it", reason)
             self._tell()

@@ -268,35 +268,40 @@ class RetryPolicy:
         is set during a wait, and ``OutageError`` when the breaker's instance stays
         unavailable past its ``outage_seconds``."""
         log = log if log is not None else default_logger
-        start, paused, attempt = self.clock(), 0.0, 0
-        ticket = Ticket()
+        spent = _Spent(self.clock)
+        ticket, attempt = Ticket(), 0
         while True:
             attempt += 1
             ticket = self._admit(ticket.since)
-            paused += ticket.waited
+            spent.paused += ticket.waited
             try:
                 result = fn()
             except BaseException as exc:
-                if self.breaker is not None:
-                    self.breaker.record(ticket, exc)
+                self._record(ticket, exc)
                 if not isinstance(exc, Exception) or not retry_if(exc):
                     raise
-                wait = self.wait_for(attempt, exc)
-                spent = self.clock() - start - paused
-                if self._exhausted(attempt, spent + wait):
-                    log.warning("giving up on {} after {} tries in {:.1f}s: {}", describe,
-                                attempt, spent, exc)
-                    raise
-                _report(RetryEvent(describe, cause_of(exc), attempt, wait), self.attempts,
-                        exc, log)
-                if self.breaker is not None and self.breaker.unavailable:
-                    paused += wait  # a wait for the instance, not for this item
-                with slots_released():
-                    self.sleep(wait)
+                self._wait_or_give_up(exc, attempt, spent, describe, log)
                 continue
-            if self.breaker is not None:
-                self.breaker.record(ticket, None)
+            self._record(ticket, None)
             return result
+
+    def _wait_or_give_up(self, exc: Exception, attempt: int, spent: _Spent, describe: str,
+                         log: Any) -> None:
+        """Sleep before the next try (slots given back), or re-raise ``exc``."""
+        wait = self.wait_for(attempt, exc)
+        if self._exhausted(attempt, spent.seconds() + wait):
+            log.warning("giving up on {} after {} tries in {:.1f}s: {}", describe, attempt,
+                        spent.seconds(), exc)
+            raise exc
+        _report(RetryEvent(describe, cause_of(exc), attempt, wait), self.attempts, exc, log)
+        if self.breaker is not None and self.breaker.unavailable:
+            spent.paused += wait  # a wait for the instance, not for this item
+        with slots_released():
+            self.sleep(wait)
+
+    def _record(self, ticket: Ticket, error: BaseException | None) -> None:
+        if self.breaker is not None:
+            self.breaker.record(ticket, error)
 
     def _admit(self, since: float | None) -> Ticket:
         if self.breaker is None:
@@ -310,6 +315,19 @@ class RetryPolicy:
         if self.breaker is not None and self.breaker.unavailable:
             return False  # the item waits for its instance instead of burning its patience
         return spent_after_wait >= self.max_seconds
+
+
+class _Spent:
+    """The time one call has spent on its own: since its first try, less its waits for
+    an unavailable instance."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.start = clock()
+        self.paused = 0.0
+
+    def seconds(self) -> float:
+        return self.clock() - self.start - self.paused
 
 
 def _report(event: RetryEvent, attempts: int | None, exc: BaseException, log: Any) -> None:

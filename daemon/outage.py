@@ -6,8 +6,9 @@ calls get answers it is closed. Once every call has failed transiently for
 failures. Then calls stop going out and wait in ``admit`` (no item burns its patience
 meanwhile); one call at a time goes out as a probe, at capped exponential intervals
 with full jitter. The first answer closes the breaker and every waiting call goes on.
-A call that has waited ``outage_seconds`` raises ``OutageError``: its run ends
-``failed``, transient, and the rerun window drops it again later.
+Once the outage is ``outage_seconds`` old, every call but the probe raises
+``OutageError``: its run ends ``failed``, transient, and the rerun window drops it
+again later (a rerun that meets the same outage fails at once, after one probe).
 
 Runs follow their instances with ``watch`` (``run.json`` says ``waiting`` and why);
 ``health()`` lists every instance's state for ``status``, metrics and the web page.
@@ -63,12 +64,10 @@ class Health:
 
 @dataclass(frozen=True)
 class Ticket:
-    """A call let through by ``admit``: whether it is the probe, how long it waited, and
-    since when it has been waiting for its instance (None: the instance answers)."""
+    """A call let through by ``admit``: whether it is the probe, how long it waited."""
 
     probe: bool = False
     waited: float = 0.0
-    since: float | None = None
 
 
 Listener = Callable[["Breaker"], None]
@@ -94,6 +93,7 @@ class Breaker:
         self._since: datetime | None = None  # the same, as wall time
         self._last_error: str | None = None
         self._open = False
+        self._opened_at = 0.0
         self._probing = False
         self._probes = 0  # failed probes of this outage
         self._next_probe = 0.0
@@ -109,28 +109,25 @@ class Breaker:
             return Health(self.instance, not self._open, self._since if self._open else None,
                           self._last_error if self._open else None, self._waiting)
 
-    def admit(self, stop: threading.Event | None = None, since: float | None = None
-              ) -> Ticket:
+    def admit(self, stop: threading.Event | None = None) -> Ticket:
         """Return at once while closed; while open, wait until the breaker closes or it
-        is this call's turn to probe. ``since``: when this call began to wait for the
-        instance (a ``Ticket.since`` of its last admission), so a call that probes over
-        and over still waits ``outage_seconds`` in all. Raises ``OutageError`` past
-        that, ``Interrupted`` when ``stop`` is set."""
+        is this call's turn to probe. Once the outage is ``outage_seconds`` old, a call
+        that is not the probe raises ``OutageError`` at once (so a run's many calls give
+        up together, not one after another); ``Interrupted`` when ``stop`` is set."""
         with self._cond:
             if not self._open:
                 return Ticket()
             entered = self._clock()
-            start = since if since is not None else entered
             self._waiting += 1
             try:
                 while self._open:
                     now = self._clock()
-                    if now - start >= self.outage_seconds:
-                        raise OutageError(f"{self._health().reason()}; waited "
-                                          f"{now - start:.0f} s (retry.outage_seconds)")
                     if not self._probing and now >= self._next_probe:
                         self._probing = True
-                        return Ticket(probe=True, waited=now - entered, since=start)
+                        return Ticket(probe=True, waited=now - entered)
+                    if now - self._opened_at >= self.outage_seconds:
+                        raise OutageError(f"{self._health().reason()}; gave up after "
+                                          f"{self.outage_seconds:g} s (retry.outage_seconds)")
                     self._cond.wait(min(POLL, max(0.01, self._next_probe - now)))
                     if stop is not None and stop.is_set():
                         raise Interrupted("shutting down while an instance is unavailable")
@@ -177,7 +174,7 @@ class Breaker:
                 self._since = datetime.now(UTC)
             opening = not self._open and now - self._failing_since >= self.outage_after
             if opening:
-                self._open, self._probes = True, 0
+                self._open, self._opened_at, self._probes = True, now, 0
                 self._next_probe = now + self._probe_wait()
             if ticket.probe:
                 self._probing = False

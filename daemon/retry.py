@@ -269,10 +269,10 @@ class RetryPolicy:
         unavailable past its ``outage_seconds``."""
         log = log if log is not None else default_logger
         spent = _Spent(self.clock)
-        ticket, attempt = Ticket(), 0
+        attempt = 0
         while True:
             attempt += 1
-            ticket = self._admit(ticket.since)
+            ticket = self._admit()
             spent.paused += ticket.waited
             try:
                 result = fn()
@@ -303,11 +303,11 @@ class RetryPolicy:
         if self.breaker is not None:
             self.breaker.record(ticket, error)
 
-    def _admit(self, since: float | None) -> Ticket:
+    def _admit(self) -> Ticket:
         if self.breaker is None:
             return Ticket()
         with slots_released():
-            return self.breaker.admit(STOPPING, since)
+            return self.breaker.admit(STOPPING)
 
     def _exhausted(self, attempt: int, spent_after_wait: float) -> bool:
         if self.attempts is not None and attempt >= self.attempts:

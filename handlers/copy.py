@@ -35,7 +35,7 @@ from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline
 from handlers.copy_plan import How, ScanOutcome, eta_text
 from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, forget_finished
-from handlers.download import batches, resolve_scan_ids
+from handlers.download import WORKERS_PER_SLOT, batches, resolve_scan_ids
 from handlers.mapping import MappingRow, mapping_writer
 from handlers.runcsv import RunCsv
 
@@ -88,8 +88,10 @@ def _open_ledger(ctx: RunContext) -> CopyLedger:
 
 
 def _workers(source: Instance, target: Instance) -> int:
-    """Enough workers to fill both instances' connection limits at once."""
-    return min(MAX_WORKERS, source.max_connections + target.max_connections)
+    """Enough workers to fill both instances' connection limits at once, twice over: a
+    worker sleeping on a retry gives its slot back, and another one takes it."""
+    return min(MAX_WORKERS, WORKERS_PER_SLOT * (source.max_connections
+                                                + target.max_connections))
 
 
 Pairs = list[tuple[int, int | None]]

@@ -235,15 +235,38 @@ def test_a_failed_probe_schedules_the_next_with_backoff() -> None:
     assert not b.unavailable
 
 
-def test_a_call_waits_at_most_outage_seconds_then_outage_error() -> None:
+def test_calls_give_up_together_once_the_outage_is_outage_seconds_old() -> None:
     b = open_breaker(outage_seconds=0.6)
     probe = b.admit()  # out, and never answers
     start = time.monotonic()
     with pytest.raises(OutageError, match="instance prod unavailable since") as caught:
         b.admit()
-    assert 0.5 < time.monotonic() - start < 3.0
+    assert 0.4 < time.monotonic() - start < 3.0
     assert isinstance(caught.value, FatalError) and caught.value.transient
-    b.record(probe, Interrupted("stop"))
+    assert "retry.outage_seconds" in str(caught.value)
+    # A call that comes later fails at once, without waiting another outage_seconds...
+    start = time.monotonic()
+    with pytest.raises(OutageError):
+        b.admit()
+    assert time.monotonic() - start < 0.2
+    # ... but probes still go out, so the breaker can see the instance come back.
+    b.record(probe, TransientError("HTTP 503"))
+    late_probe = wait_for_probe(b)
+    b.record(late_probe, None)
+    assert not b.unavailable and b.admit() == Ticket()
+
+
+def wait_for_probe(b: Breaker) -> Ticket:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            ticket = b.admit()
+        except OutageError:
+            time.sleep(0.01)
+            continue
+        assert ticket.probe
+        return ticket
+    raise AssertionError("no probe went out")
 
 
 def test_stopping_interrupts_a_waiting_call() -> None:

@@ -261,18 +261,21 @@ class RetryPolicy:
         return max(backoff, retry_after) if retry_after is not None else backoff
 
     def call(self, fn: Callable[[], T], describe: str, *, log: Any = None,
-             retry_if: Callable[[BaseException], bool] = _is_transient) -> T:
+             retry_if: Callable[[BaseException], bool] = _is_transient,
+             keep_slots: bool = False) -> T:
         """``fn()``, retried while it raises an error ``retry_if`` accepts (by default
         any ``TransientError``). Raises the last error once a bound is reached,
         whatever ``fn`` raises that is not retried, ``Interrupted`` when ``STOPPING``
         is set during a wait, and ``OutageError`` when the breaker's instance stays
-        unavailable past its ``outage_seconds``."""
+        unavailable past its ``outage_seconds``. ``keep_slots``: hold this thread's
+        connection slots through the waits too, for a call made under a lock that slot
+        holders wait for (taking a slot back there could deadlock)."""
         log = log if log is not None else default_logger
         spent = _Spent(self.clock)
         attempt = 0
         while True:
             attempt += 1
-            ticket = self._admit()
+            ticket = self._admit(keep_slots)
             spent.paused += ticket.waited
             try:
                 result = fn()
@@ -280,14 +283,26 @@ class RetryPolicy:
                 self._record(ticket, exc)
                 if not isinstance(exc, Exception) or not retry_if(exc):
                     raise
-                self._wait_or_give_up(exc, attempt, spent, describe, log)
+                wait = self._wait_or_give_up(exc, attempt, spent, describe, log)
+                with contextlib.nullcontext() if keep_slots else slots_released():
+                    self.sleep(wait)
                 continue
             self._record(ticket, None)
             return result
 
+    def _admit(self, keep_slots: bool) -> Ticket:
+        """Pass the breaker; while its instance is down, wait without this thread's
+        slots (unless ``keep_slots``)."""
+        if self.breaker is None:
+            return Ticket()
+        if keep_slots or not self.breaker.unavailable:
+            return self.breaker.admit(STOPPING)
+        with slots_released():
+            return self.breaker.admit(STOPPING)
+
     def _wait_or_give_up(self, exc: Exception, attempt: int, spent: _Spent, describe: str,
-                         log: Any) -> None:
-        """Sleep before the next try (slots given back), or re-raise ``exc``."""
+                         log: Any) -> float:
+        """The wait before the next try, or ``exc`` re-raised if a bound is reached."""
         wait = self.wait_for(attempt, exc)
         if self._exhausted(attempt, spent.seconds() + wait):
             log.warning("giving up on {} after {} tries in {:.1f}s: {}", describe, attempt,
@@ -296,18 +311,11 @@ class RetryPolicy:
         _report(RetryEvent(describe, cause_of(exc), attempt, wait), self.attempts, exc, log)
         if self.breaker is not None and self.breaker.unavailable:
             spent.paused += wait  # a wait for the instance, not for this item
-        with slots_released():
-            self.sleep(wait)
+        return wait
 
     def _record(self, ticket: Ticket, error: BaseException | None) -> None:
         if self.breaker is not None:
             self.breaker.record(ticket, error)
-
-    def _admit(self) -> Ticket:
-        if self.breaker is None:
-            return Ticket()
-        with slots_released():
-            return self.breaker.admit(STOPPING)
 
     def _exhausted(self, attempt: int, spent_after_wait: float) -> bool:
         if self.attempts is not None and attempt >= self.attempts:

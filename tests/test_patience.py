@@ -153,6 +153,36 @@ def test_a_retry_wait_gives_the_connection_slot_back() -> None:
     assert slot.acquire(blocking=False)  # and given back at the end of the block
 
 
+def test_a_call_under_a_lock_that_slot_holders_wait_for_keeps_its_slot() -> None:
+    """The login case: one thread logs in under a lock, holding a slot; others hold
+    slots and wait for that lock. Giving the slot back during the login's retry waits
+    would let them take every slot, and the login could never take its own back."""
+    slot, lock = threading.BoundedSemaphore(1), threading.Lock()
+    sleeping, finished = threading.Event(), []
+
+    def sleep(_: float) -> None:
+        sleeping.set()
+        time.sleep(0.3)  # meanwhile the other worker tries to take the slot
+
+    def login() -> None:
+        with holding(slot), lock:
+            RetryPolicy(sleep=sleep).call(Failing(TransientError("503"), times=2), "log in",
+                                          keep_slots=True)
+        finished.append("login")
+
+    def other() -> None:
+        sleeping.wait(5)
+        with holding(slot), lock:
+            finished.append("other")
+
+    threads = [threading.Thread(target=login), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert finished == ["login", "other"]
+
+
 # --- 3. the breaker ------------------------------------------------------------------
 
 

@@ -95,6 +95,7 @@ class Breaker:
         self._open = False
         self._opened_at = 0.0
         self._probing = False
+        self._prober = 0  # the thread whose call is the probe
         self._probes = 0  # failed probes of this outage
         self._next_probe = 0.0
         self._waiting = 0
@@ -109,11 +110,14 @@ class Breaker:
             return Health(self.instance, not self._open, self._since if self._open else None,
                           self._last_error if self._open else None, self._waiting)
 
-    def admit(self, stop: threading.Event | None = None) -> Ticket:
+    def admit(self, stop: threading.Event | None = None, probed: bool = False) -> Ticket:
         """Return at once while closed; while open, wait until the breaker closes or it
-        is this call's turn to probe. Once the outage is ``outage_seconds`` old, a call
-        that is not the probe raises ``OutageError`` at once (so a run's many calls give
-        up together, not one after another); ``Interrupted`` when ``stop`` is set."""
+        is this call's turn to probe. Once the outage is ``outage_seconds`` old, calls
+        raise ``OutageError`` at once (so a run's calls give up together, not one
+        after another), except that a call that has not probed yet (``probed``: its
+        last try was a probe) still waits for a probe turn when none is out, so that
+        a run meeting an old outage finds the instance back. ``Interrupted`` when
+        ``stop`` is set."""
         with self._cond:
             if not self._open:
                 return Ticket()
@@ -122,10 +126,14 @@ class Breaker:
             try:
                 while self._open:
                     now = self._clock()
-                    if not self._probing and now >= self._next_probe:
-                        self._probing = True
+                    if self._probing and self._prober == threading.get_ident():
+                        return Ticket(probe=True)  # a call inside the probe (its login)
+                    too_long = now - self._opened_at >= self.outage_seconds
+                    if not self._probing and now >= self._next_probe and \
+                            not (too_long and probed):
+                        self._probing, self._prober = True, threading.get_ident()
                         return Ticket(probe=True, waited=now - entered)
-                    if now - self._opened_at >= self.outage_seconds:
+                    if too_long and (self._probing or probed):
                         raise OutageError(f"{self._health().reason()}; gave up after "
                                           f"{self.outage_seconds:g} s (retry.outage_seconds)")
                     self._cond.wait(min(POLL, max(0.01, self._next_probe - now)))

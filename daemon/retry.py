@@ -272,10 +272,10 @@ class RetryPolicy:
         holders wait for (taking a slot back there could deadlock)."""
         log = log if log is not None else default_logger
         spent = _Spent(self.clock)
-        attempt = 0
+        ticket, attempt = Ticket(), 0
         while True:
             attempt += 1
-            ticket = self._admit(keep_slots)
+            ticket = self._admit(keep_slots, probed=ticket.probe)
             spent.paused += ticket.waited
             try:
                 result = fn()
@@ -290,15 +290,15 @@ class RetryPolicy:
             self._record(ticket, None)
             return result
 
-    def _admit(self, keep_slots: bool) -> Ticket:
+    def _admit(self, keep_slots: bool, probed: bool) -> Ticket:
         """Pass the breaker; while its instance is down, wait without this thread's
         slots (unless ``keep_slots``)."""
         if self.breaker is None:
             return Ticket()
         if keep_slots or not self.breaker.unavailable:
-            return self.breaker.admit(STOPPING)
+            return self.breaker.admit(STOPPING, probed)
         with slots_released():
-            return self.breaker.admit(STOPPING)
+            return self.breaker.admit(STOPPING, probed)
 
     def _wait_or_give_up(self, exc: Exception, attempt: int, spent: _Spent, describe: str,
                          log: Any) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -255,6 +255,38 @@ def test_one_probe_at_a_time_and_an_answer_releases_every_waiting_call() -> None
     assert all(t.waited > 0.2 for t in tickets)
 
 
+def test_a_call_inside_the_probe_goes_through() -> None:
+    """A fetch that is the probe logs in first: the login is part of the probe."""
+    b = open_breaker(outage_seconds=0.3)
+    outer = b.admit()
+    time.sleep(0.4)  # the outage is old now: other calls give up at once
+    inner = b.admit()
+    assert outer.probe and inner.probe
+    with pytest.raises(OutageError):
+        threading_result(lambda: b.admit())
+    b.record(inner, None)
+    assert not b.unavailable
+
+
+def threading_result(fn: Callable[[], object]) -> object:
+    """``fn()`` on another thread; its error re-raised here."""
+    out: list[object] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(5)
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
 def test_a_failed_probe_schedules_the_next_with_backoff() -> None:
     b = open_breaker()
     first = b.admit()
@@ -270,33 +302,27 @@ def test_calls_give_up_together_once_the_outage_is_outage_seconds_old() -> None:
     probe = b.admit()  # out, and never answers
     start = time.monotonic()
     with pytest.raises(OutageError, match="instance prod unavailable since") as caught:
-        b.admit()
+        threading_result(b.admit)
     assert 0.4 < time.monotonic() - start < 3.0
     assert isinstance(caught.value, FatalError) and caught.value.transient
     assert "retry.outage_seconds" in str(caught.value)
     # A call that comes later fails at once, without waiting another outage_seconds...
     start = time.monotonic()
     with pytest.raises(OutageError):
-        b.admit()
+        threading_result(b.admit)
     assert time.monotonic() - start < 0.2
-    # ... but probes still go out, so the breaker can see the instance come back.
+    # ... but with no probe out, a call that has not probed yet waits for its turn and
+    # probes once (a rerun meeting an old outage), so the instance can be found back.
     b.record(probe, TransientError("HTTP 503"))
-    late_probe = wait_for_probe(b)
-    b.record(late_probe, None)
+    late_probe = b.admit()
+    assert late_probe.probe
+    b.record(late_probe, TransientError("HTTP 503"))
+    with pytest.raises(OutageError):
+        b.admit(probed=True)  # it probed: now it gives up
+    again = b.admit()
+    assert again.probe
+    b.record(again, None)
     assert not b.unavailable and b.admit() == Ticket()
-
-
-def wait_for_probe(b: Breaker) -> Ticket:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            ticket = b.admit()
-        except OutageError:
-            time.sleep(0.01)
-            continue
-        assert ticket.probe
-        return ticket
-    raise AssertionError("no probe went out")
 
 
 def test_stopping_interrupts_a_waiting_call() -> None:
@@ -305,7 +331,7 @@ def test_stopping_interrupts_a_waiting_call() -> None:
     stop = threading.Event()
     threading.Timer(0.2, stop.set).start()
     with pytest.raises(Interrupted):
-        b.admit(stop)
+        threading_result(lambda: b.admit(stop))
 
 
 def test_a_policy_waits_for_its_instance_instead_of_giving_up() -> None:

@@ -5,7 +5,7 @@ calls get answers it is closed. Once every call has failed transiently for
 ``outage_after`` seconds it opens: the instance is unavailable since the first of those
 failures. Then calls stop going out and wait in ``admit`` (no item burns its patience
 meanwhile); one call at a time goes out as a probe, at capped exponential intervals
-with full jitter. The first answer closes the breaker and every waiting call goes on.
+with jitter. The first answer closes the breaker and every waiting call goes on.
 Once the outage is ``outage_seconds`` old, every call but the probe raises
 ``OutageError``: its run ends ``failed``, transient, and the rerun window drops it
 again later (a rerun that meets the same outage fails at once, after one probe).
@@ -149,7 +149,7 @@ class Breaker:
         that it is not; anything else (a shutdown, a bug) says nothing."""
         if error is None or (isinstance(error, PermanentError | FatalError)
                              and not isinstance(error, OutageError)):
-            self._answered(ticket)
+            self._answered()
         elif isinstance(error, TransientError):
             self._failed(ticket, str(error))
         elif ticket.probe:
@@ -163,7 +163,7 @@ class Breaker:
 
     # --- transitions -----------------------------------------------------------------
 
-    def _answered(self, ticket: Ticket) -> None:
+    def _answered(self) -> None:
         with self._cond:
             self._failing_since = self._since = None
             self._probing = False
@@ -195,8 +195,10 @@ class Breaker:
             self._tell()
 
     def _probe_wait(self) -> float:
-        """Full jitter over a capped exponential: probes of many daemons spread out."""
-        return random.uniform(0.5, 1.0) * min(self.probe_cap, PROBE_BASE * 2 ** self._probes)
+        """Half to all of a capped exponential (never 0: a probe is a real call), so the
+        probes of many daemons spread out."""
+        backoff = min(self.probe_cap, PROBE_BASE * 2 ** min(self._probes, 32))
+        return random.uniform(0.5, 1.0) * backoff
 
     def _tell(self) -> None:
         try:

@@ -269,11 +269,15 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
     inbox = data["inbox"]
     age = f", oldest {inbox['oldest_age_seconds']} s" if inbox["oldest_age_seconds"] else ""
     console.print(f"inbox: {inbox['waiting']} waiting{age}")
+    for instance in daemon.get("instances", []):
+        if not instance["available"]:
+            console.print(f"  down: {instance['reason']}", markup=False)
     for run in data["in_flight"]:
         progress = run.get("progress") or {}
         done = f" {progress.get('done')}/{progress.get('total')}" if progress else ""
-        console.print(f"  {run['status']:<8} {run['run_id'] or '-'} {run['request']}{done}",
-                      markup=False)
+        why = f" ({run['waiting']})" if run.get("waiting") else ""
+        console.print(f"  {run['status']:<8} {run['run_id'] or '-'} {run['request']}{done}"
+                      f"{why}", markup=False)
     for result in data["last_results"]:
         console.print(f"  last: {result['status']:<8} {result['run_id'] or '-'} "
                       f"{result['request']}", markup=False)

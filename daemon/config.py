@@ -54,8 +54,9 @@ class PlatformInstanceConfig(Model):
     db_password_file: Path | None = None
     max_connections: int = Field(default=16, ge=1, le=256)
     timeout_seconds: float = Field(default=60, gt=0)
-    retry_attempts: int = Field(default=6, ge=1, le=50)
-    retry_max_seconds: float = Field(default=300, gt=0)
+    # Overrides of retry.max_seconds for this instance, and an optional try bound.
+    retry_attempts: int | None = Field(default=None, ge=1, le=1000)
+    retry_max_seconds: float | None = Field(default=None, gt=0)
     api_paths: dict[str, str] = Field(default_factory=dict)
     sql: dict[str, str] = Field(default_factory=dict)
     marker_field: str | None = "scanrelay_ref"
@@ -128,6 +129,23 @@ class AnalysisConfig(Model):
     compliance_fallback: bool = False
 
 
+class RetryConfig(Model):
+    """Patience with transient failures (SPEC §10), for every platform instance."""
+
+    max_seconds: float = Field(default=300, gt=0)  # per call of an item, then it fails
+    base: float = Field(default=0.5, gt=0)  # backoff: full jitter over base x 2^n ...
+    cap: float = Field(default=30, gt=0)  # ... capped at this many seconds
+    passes: int = Field(default=1, ge=0, le=10)  # last passes over transient failures
+    outage_after: float = Field(default=60, gt=0)  # every call failing this long: outage
+    outage_seconds: float = Field(default=3600, gt=0)  # a run waits this long, then fails
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> RetryConfig:
+        if self.cap < self.base:
+            raise ValueError(f"cap ({self.cap}) must not be below base ({self.base})")
+        return self
+
+
 MISFIRE_GRACE = 6 * 3600  # seconds after its time a fire missed while down still runs
 
 
@@ -180,6 +198,7 @@ class Config(Model):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()
+    retry: RetryConfig = RetryConfig()
     copy_: CopyConfig = Field(default=CopyConfig(), alias="copy")
     analysis: AnalysisConfig = AnalysisConfig()
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -27,7 +27,10 @@ class PermanentError(ScanrelayError):
 
 
 class FatalError(ScanrelayError):
-    """A failure that stops the whole run (unknown instance, login refused, config broken)."""
+    """A failure that stops the whole run (unknown instance, login refused, config broken).
+    ``transient``: a later rerun may succeed (an instance down too long)."""
+
+    transient = False
 
 
 class Interrupted(ScanrelayError):  # noqa: N818 - it is a signal, not a failure

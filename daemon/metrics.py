@@ -7,11 +7,12 @@ With no ``listen`` configured nothing is served, and updating costs next to noth
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from daemon import retry
+from daemon import outage, retry
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter("scanrelay_requests", "Requests settled, by outcome", ["outcome"],
@@ -27,6 +28,12 @@ OLDEST_WAITING = Gauge("scanrelay_oldest_waiting_seconds",
                        "Age of the oldest request waiting in the inbox", registry=REGISTRY)
 IN_FLIGHT = Gauge("scanrelay_requests_in_flight", "Requests claimed and not yet settled",
                   registry=REGISTRY)
+INSTANCE_UP = Gauge("scanrelay_instance_available",
+                    "1 while an instance answers, 0 in an outage (retry.outage_after)",
+                    ["instance"], registry=REGISTRY)
+INSTANCE_DOWN_SECONDS = Gauge("scanrelay_instance_unavailable_seconds",
+                              "How long an instance has been unavailable (0 when up)",
+                              ["instance"], registry=REGISTRY)
 RUN_SECONDS = Histogram("scanrelay_run_duration_seconds", "Run durations, by action",
                         ["action"], registry=REGISTRY,
                         buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600))
@@ -56,3 +63,11 @@ def set_queue(depth: int, oldest_seconds: float, in_flight: int) -> None:
     INBOX_DEPTH.set(depth)
     OLDEST_WAITING.set(oldest_seconds)
     IN_FLIGHT.set(in_flight)
+
+
+def set_instances(health: list[outage.Health]) -> None:
+    now = datetime.now(UTC)
+    for h in health:
+        INSTANCE_UP.labels(h.instance).set(1 if h.available else 0)
+        down = (now - h.since).total_seconds() if h.since and not h.available else 0.0
+        INSTANCE_DOWN_SECONDS.labels(h.instance).set(down)

@@ -6,8 +6,10 @@
 - ``classify_exception`` / ``translate_request_errors`` do the same for ``requests``
   exceptions: connection errors, timeouts and cut-off bodies are transient.
 - ``RetryPolicy`` (and the ``retrying`` decorator) retry ``TransientError`` with
-  exponential backoff and full jitter, sleep at least ``retry_after``, and stop at the
-  first of the attempt bound and the time bound; the last error is re-raised as is.
+  capped exponential backoff and full jitter, sleep at least ``retry_after``, and stop
+  at the time bound (and an attempt bound, if one is set); the last error is re-raised
+  as is. A connection slot taken with ``holding`` is given back while a retry sleeps,
+  and with a breaker (``daemon.outage``) tries wait while their instance is down.
 
 Each retry is logged (with whatever the caller bound: ``logger.bind(run=..., item=...)``
 passed as ``log``, or ``logger.contextualize(...)`` around the call) and reported to
@@ -23,6 +25,7 @@ import contextlib
 import functools
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,11 +33,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ParamSpec, TypeVar
 
 import requests
-import tenacity
 from loguru import logger as default_logger
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from daemon.errors import Interrupted, PermanentError, ScanrelayError, TransientError
+from daemon.outage import Breaker, Ticket
 from daemon.redact import redact
 
 P = ParamSpec("P")
@@ -197,62 +200,148 @@ def interruptible_sleep(seconds: float) -> None:
         raise Interrupted("shutting down during a retry wait")
 
 
+_held = threading.local()  # .slots: the connection slots this thread holds, in order
+
+
+@contextlib.contextmanager
+def holding(slot: threading.Semaphore) -> Iterator[None]:
+    """Hold ``slot`` (a connection slot) for the block; every retry wait inside the
+    block gives it back while it waits, so a sleeping retry never starves other work."""
+    slot.acquire()
+    held: list[threading.Semaphore] = _held.__dict__.setdefault("slots", [])
+    held.append(slot)
+    try:
+        yield
+    finally:
+        held.pop()
+        slot.release()
+
+
+@contextlib.contextmanager
+def slots_released() -> Iterator[None]:
+    """Give back this thread's slots for the block; take them again after it."""
+    held: list[threading.Semaphore] = list(getattr(_held, "slots", []))
+    for slot in reversed(held):
+        slot.release()
+    try:
+        yield
+    finally:
+        for slot in held:
+            slot.acquire()
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TransientError)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry ``TransientError`` up to ``attempts`` tries and ``max_seconds`` in total
-    (an attempt is not started if its wait would cross the time bound).
+    """Retry ``TransientError`` until ``max_seconds`` have passed since the first try
+    (a wait that would cross the bound is not started) and, if set, ``attempts`` tries.
 
     The wait before try n+1 is uniform in [0, min(cap, base * 2**(n-1))] (full jitter,
     so that many workers hit by one outage do not come back in step), and at least the
-    error's ``retry_after``."""
+    error's ``retry_after``. With a ``breaker`` (``daemon.outage``), each try first
+    passes ``breaker.admit`` and reports its outcome; while the instance is unavailable
+    no try gives up, and the time spent waiting for it does not count."""
 
-    attempts: int = 6
+    attempts: int | None = None
     max_seconds: float = 300.0
     base: float = 0.5
     cap: float = 30.0
     sleep: Callable[[float], None] = interruptible_sleep
+    clock: Callable[[], float] = time.monotonic
+    breaker: Breaker | None = None
 
     def wait_for(self, attempt: int, exc: BaseException | None) -> float:
         """The wait after failed try number ``attempt`` (1-based) that raised ``exc``."""
-        backoff = random.uniform(0.0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        # (the exponent is capped too: a float cannot hold 2**1024)
+        backoff = random.uniform(0.0, min(self.cap, self.base * 2 ** min(attempt - 1, 64)))
         retry_after = getattr(exc, "retry_after", None)
         return max(backoff, retry_after) if retry_after is not None else backoff
 
     def call(self, fn: Callable[[], T], describe: str, *, log: Any = None,
-             retry_if: Callable[[BaseException], bool] = _is_transient) -> T:
+             retry_if: Callable[[BaseException], bool] = _is_transient,
+             keep_slots: bool = False) -> T:
         """``fn()``, retried while it raises an error ``retry_if`` accepts (by default
         any ``TransientError``). Raises the last error once a bound is reached,
-        whatever ``fn`` raises that is not retried, and ``Interrupted`` when
-        ``STOPPING`` is set during a wait."""
+        whatever ``fn`` raises that is not retried, ``Interrupted`` when ``STOPPING``
+        is set during a wait, and ``OutageError`` when the breaker's instance stays
+        unavailable past its ``outage_seconds``. ``keep_slots``: hold this thread's
+        connection slots through the waits too, for a call made under a lock that slot
+        holders wait for (taking a slot back there could deadlock)."""
         log = log if log is not None else default_logger
-        retryer = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts)
-            | tenacity.stop_before_delay(self.max_seconds),
-            wait=self._tenacity_wait,
-            retry=tenacity.retry_if_exception(retry_if),
-            before_sleep=functools.partial(_before_sleep, describe, self.attempts, log),
-            retry_error_callback=functools.partial(_give_up, describe, log),
-            sleep=self.sleep,
-            reraise=True,
-        )
-        return retryer(fn)
+        spent = _Spent(self.clock)
+        ticket, attempt = Ticket(), 0
+        while True:
+            attempt += 1
+            ticket = self._admit(keep_slots, probed=ticket.probe)
+            spent.paused += ticket.waited
+            try:
+                result = fn()
+            except BaseException as exc:
+                self._record(ticket, exc)
+                if not isinstance(exc, Exception) or not retry_if(exc):
+                    raise
+                wait = self._wait_or_give_up(exc, attempt, spent, describe, log)
+                with contextlib.nullcontext() if keep_slots else slots_released():
+                    self.sleep(wait)
+                continue
+            self._record(ticket, None)
+            return result
 
-    def _tenacity_wait(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return self.wait_for(state.attempt_number, exc)
+    def _admit(self, keep_slots: bool, probed: bool) -> Ticket:
+        """Pass the breaker; while its instance is down, wait without this thread's
+        slots (unless ``keep_slots``)."""
+        if self.breaker is None:
+            return Ticket()
+        if keep_slots or not self.breaker.unavailable:
+            return self.breaker.admit(STOPPING, probed)
+        with slots_released():
+            return self.breaker.admit(STOPPING, probed)
+
+    def _wait_or_give_up(self, exc: Exception, attempt: int, spent: _Spent, describe: str,
+                         log: Any) -> float:
+        """The wait before the next try, or ``exc`` re-raised if a bound is reached."""
+        wait = self.wait_for(attempt, exc)
+        if self._exhausted(attempt, spent.seconds() + wait):
+            log.warning("giving up on {} after {} tries in {:.1f}s: {}", describe, attempt,
+                        spent.seconds(), exc)
+            raise exc
+        _report(RetryEvent(describe, cause_of(exc), attempt, wait), self.attempts, exc, log)
+        if self.breaker is not None and self.breaker.unavailable:
+            spent.paused += wait  # a wait for the instance, not for this item
+        return wait
+
+    def _record(self, ticket: Ticket, error: BaseException | None) -> None:
+        if self.breaker is not None:
+            self.breaker.record(ticket, error)
+
+    def _exhausted(self, attempt: int, spent_after_wait: float) -> bool:
+        if self.attempts is not None and attempt >= self.attempts:
+            return True
+        if self.breaker is not None and self.breaker.unavailable:
+            return False  # the item waits for its instance instead of burning its patience
+        return spent_after_wait >= self.max_seconds
 
 
-def _before_sleep(describe: str, attempts: int, log: Any,
-                  state: tenacity.RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    event = RetryEvent(describe, cause_of(exc) if exc else "other",
-                       state.attempt_number, state.upcoming_sleep)
-    log.warning("retrying {} in {:.1f}s (try {}/{} failed, cause {}): {}", describe,
-                event.wait, event.attempt, attempts, event.cause, exc)
+class _Spent:
+    """The time one call has spent on its own: since its first try, less its waits for
+    an unavailable instance."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.start = clock()
+        self.paused = 0.0
+
+    def seconds(self) -> float:
+        return self.clock() - self.start - self.paused
+
+
+def _report(event: RetryEvent, attempts: int | None, exc: BaseException, log: Any) -> None:
+    of = f"/{attempts}" if attempts is not None else ""
+    log.warning("retrying {} in {:.1f}s (try {}{} failed, cause {}): {}", event.describe,
+                event.wait, event.attempt, of, event.cause, exc)
     for hook in list(RETRY_HOOKS):
         try:
             hook(event)
@@ -260,16 +349,8 @@ def _before_sleep(describe: str, attempts: int, log: Any,
             log.exception("retry hook {!r} failed", hook)
 
 
-def _give_up(describe: str, log: Any, state: tenacity.RetryCallState) -> Any:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning("giving up on {} after {} tries in {:.1f}s: {}", describe,
-                state.attempt_number, state.seconds_since_start or 0.0, exc)
-    assert state.outcome is not None
-    return state.outcome.result()  # re-raises the last error
-
-
-def retrying(attempts: int, max_seconds: float, describe: str = "", *, log: Any = None,
-             retry_if: Callable[[BaseException], bool] = _is_transient,
+def retrying(attempts: int | None, max_seconds: float, describe: str = "", *,
+             log: Any = None, retry_if: Callable[[BaseException], bool] = _is_transient,
              sleep: Callable[[float], None] = interruptible_sleep
              ) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Decorator form of ``RetryPolicy(attempts, max_seconds).call`` (see there for

@@ -16,7 +16,7 @@ from typing import Any
 
 from loguru import logger
 
-from daemon import logs, metrics
+from daemon import logs, metrics, outage
 from daemon.checkpoint import Checkpoint
 from daemon.config import Config
 from daemon.errors import FatalError, Interrupted, RequestError, TransientError
@@ -96,7 +96,8 @@ class Runner:
                  state.data["attempts"])
         checkpoint = Checkpoint(run_dir)
         try:
-            with logger.contextualize(run=run_dir.name):
+            with logger.contextualize(run=run_dir.name), \
+                    outage.watch([request.source, request.target], _waiting(state, log)):
                 result = handler_for(request.action)(self._context(request, run_dir, state,
                                                                     checkpoint, log))
         except Interrupted:
@@ -109,7 +110,8 @@ class Runner:
             return self._settle_run(claimed, request, state)
         except (FatalError, TransientError) as exc:
             log.error("run failed: {}", exc)
-            transient = isinstance(exc, TransientError)
+            transient = isinstance(exc, TransientError) or \
+                (isinstance(exc, FatalError) and exc.transient)
             self._record(state, RunStatus.FAILED, HandlerResult(), [str(exc)], transient)
             return self._settle_run(claimed, request, state)
         except Exception as exc:  # the wrapper's promise: every run gets an outcome
@@ -214,6 +216,20 @@ def settle_invalid(src: Path, name: str, profile: str | None, claim_id: str,
     ledger.finished(claim_id, RunStatus.INVALID.value, final, problems[0], {})
     metrics.record_run(None, RunStatus.INVALID.value, {}, None)
     return final
+
+
+def _waiting(state: RunState, log: Any) -> Callable[[list[outage.Health]], None]:
+    """What a run does when its instances go down or come back: ``run.json`` says
+    ``waiting`` and why, then ``running`` again."""
+    def changed(down: list[outage.Health]) -> None:
+        if down:
+            reason = "; ".join(h.reason() for h in down)
+            state.update(status=RunStatus.WAITING.value, waiting=redact(reason))
+            log.warning("run waits: {}", reason)
+        else:
+            state.update(status=RunStatus.RUNNING.value, waiting=None)
+            log.info("run resumes: its instances answer again")
+    return changed
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:

@@ -23,7 +23,7 @@ from types import FrameType
 
 from loguru import logger
 
-from daemon import metrics, retention, retry
+from daemon import metrics, outage, retention, retry
 from daemon.config import Config
 from daemon.errors import FatalError
 from daemon.fsutil import write_json
@@ -163,14 +163,17 @@ class Service:
     def _ping(self) -> None:
         """Once a second: the heartbeat file for ``scanrelay status``, and the systemd
         watchdog, which is fed only while the watcher is alive."""
+        health = outage.health()
         write_json(heartbeat_path(self.layout), {
             "pid": os.getpid(), "started_at": self.started_at, "heartbeat": time.time(),
-            "mode": self.config.intake.mode, "queued": len(self.in_flight)},
+            "mode": self.config.intake.mode, "queued": len(self.in_flight),
+            "instances": [h.as_dict() for h in health]},
             durable=False)  # rewritten every second: no fsync, a crash loses nothing of use
         if self.config.metrics.listen:
             waiting = [st.st_mtime for _, st in list_inbox(self.layout.inbox)]
             oldest = time.time() - min(waiting) if waiting else 0.0
             metrics.set_queue(len(waiting), oldest, len(self.in_flight))
+            metrics.set_instances(health)
         if self.watcher.alive():
             self.notifier.send("WATCHDOG=1", self._status_line())
 

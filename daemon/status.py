@@ -76,6 +76,7 @@ def _in_flight(layout: Layout) -> list[dict[str, Any]]:
                     "run_id": data.get("run_id") if data else None,
                     "status": data.get("status") if data else "queued",
                     "label": data.get("label") if data else None,
+                    "waiting": data.get("waiting") if data else None,
                     "progress": data.get("progress") if data else None})
     return out
 

@@ -8,6 +8,11 @@ target instance, exactly once, with ``scan_mapping.csv`` and an optional analysi
 - ``copy_analysis``: with ``analyze``, waiting for processing and the analysis;
 - ``daemon.copyledger``: what earlier runs copied (``state/copies.sqlite``).
 
+The last pass (``retry.passes``): scans that still failed transiently, after their
+batch's retries, are held back from the report and copied again at the end of the run,
+once per pass (a scan whose create was ambiguous looks its marker up first, as always);
+only then are they reported failed.
+
 A scan copied to the same target store before (same source and target instance) is
 skipped and reported with its existing target ID, unless ``force``. ``dry_run`` reads
 the source and the ledger only: it reports what would be copied and writes nothing to
@@ -30,7 +35,7 @@ from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline
 from handlers.copy_plan import How, ScanOutcome, eta_text
 from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, forget_finished
-from handlers.download import batches, resolve_scan_ids
+from handlers.download import WORKERS_PER_SLOT, batches, resolve_scan_ids
 from handlers.mapping import MappingRow, mapping_writer
 from handlers.runcsv import RunCsv
 
@@ -83,8 +88,10 @@ def _open_ledger(ctx: RunContext) -> CopyLedger:
 
 
 def _workers(source: Instance, target: Instance) -> int:
-    """Enough workers to fill both instances' connection limits at once."""
-    return min(MAX_WORKERS, source.max_connections + target.max_connections)
+    """Enough workers to fill both instances' connection limits at once, twice over: a
+    worker sleeping on a retry gives its slot back, and another one takes it."""
+    return min(MAX_WORKERS, WORKERS_PER_SLOT * (source.max_connections
+                                                + target.max_connections))
 
 
 Pairs = list[tuple[int, int | None]]
@@ -96,13 +103,23 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
     for stale in tmp.glob("*/.*.part"):  # half-written by a crash: this run owns them
         stale.unlink()
     forget_finished(ctx)
-    report = Report(ctx, total, len(chunks), keep_pairs=ctx.request.analyze)
+    passes = ctx.config.retry.passes
+    report = Report(ctx, total, len(chunks), keep_pairs=ctx.request.analyze,
+                    hold=passes > 0)
     with mapping_writer(ctx.run_dir) as mapping:
         report.mapping = mapping
         pipeline = CopyPipeline(ctx, source, copier, workers=_workers(source, target),
                                 retry_pause=ctx.config.copy_.batch_retry_pause,
                                 on_batch=report.batch)
         pipeline.run(chunks)
+        for number in range(1, passes + 1):
+            ids = report.take_held()
+            if not ids:
+                break
+            ctx.log.info("last pass {}: {} scan(s) that failed transiently", number, len(ids))
+            report.hold = number < passes
+            pipeline.run([list(c) for c in batches(ids, ctx.request.batch_size)])
+        report.release_held()
     shutil.rmtree(tmp, ignore_errors=True)
     return report.result, report.pairs
 
@@ -110,11 +127,14 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
 class Report:
     """Results, counts, mapping rows, progress lines: batch by batch, in order."""
 
-    def __init__(self, ctx: RunContext, total: int, batches: int, *, keep_pairs: bool) -> None:
+    def __init__(self, ctx: RunContext, total: int, batches: int, *, keep_pairs: bool,
+                 hold: bool = False) -> None:
         self.ctx = ctx
         self.total = total
         self.batches = batches
         self.keep_pairs = keep_pairs
+        self.hold = hold  # hold transient failures back for a last pass
+        self.held: dict[int, ScanOutcome] = {}
         self.mapping: RunCsv | None = None
         self.pairs: Pairs = []
         self.started = time.monotonic()
@@ -124,6 +144,26 @@ class Report:
 
     def batch(self, batch: BatchRun) -> None:
         outcomes = batch.ordered()
+        if self.hold:
+            self.held.update((o.scan_id, o) for o in outcomes if _transient(o))
+            outcomes = [o for o in outcomes if not _transient(o)]
+        self.result.counts["batch_retries"] += batch.retries
+        self._add(outcomes)
+        self._line(batch.number, outcomes)
+
+    def take_held(self) -> list[int]:
+        """The scans held for a last pass, in request order; no longer held."""
+        ids = list(self.held)
+        self.held.clear()
+        return ids
+
+    def release_held(self) -> None:
+        """Report what is still held (nothing, unless the run had no pass left)."""
+        outcomes = list(self.held.values())
+        self.held.clear()
+        self._add(outcomes)
+
+    def _add(self, outcomes: Sequence[ScanOutcome]) -> None:
         counts = self.result.counts
         for o in outcomes:
             self.result.add(ItemResult(o.scan_id, o.status, o.error, o.transient))
@@ -133,9 +173,7 @@ class Report:
             counts["files"] += o.files
             counts["bytes"] += o.bytes
             counts["reused_steps"] += o.reused
-        counts["batch_retries"] += batch.retries
         self._rows(outcomes)
-        self._line(batch.number, outcomes)
 
     def _rows(self, outcomes: Sequence[ScanOutcome]) -> None:
         assert self.mapping is not None
@@ -157,6 +195,10 @@ class Report:
         self.ctx.progress(done, self.total, batch=number, batches=self.batches,
                           copied=counts["copied"], skipped=counts["skipped"],
                           failed=len(self.result.failed))
+
+
+def _transient(outcome: ScanOutcome) -> bool:
+    return outcome.status is ItemStatus.FAILED and outcome.transient
 
 
 def _dry_run(ctx: RunContext, source: Instance, copier: ScanCopier, chunks: list[list[int]],

@@ -54,8 +54,6 @@ from handlers.naming import extension
 from handlers.streams import HashingSink, is_complete
 
 TMP_DIR = ".copy"
-# Ambiguous creates: each retry first looks the marker up, so resending is safe.
-CREATE_POLICY = RetryPolicy(attempts=6, max_seconds=300.0)
 
 
 @dataclass(frozen=True)
@@ -148,6 +146,10 @@ class ScanCopier:
         self.settings = settings
         self.ledger = ledger
         self.tmp = ctx.run_dir / TMP_DIR
+        # Ambiguous creates: each retry first looks the marker up, so resending is safe.
+        retry = ctx.config.retry
+        self.create_policy = RetryPolicy(max_seconds=retry.max_seconds, base=retry.base,
+                                         cap=retry.cap)
 
     # --- decided without work ------------------------------------------------------
 
@@ -333,7 +335,8 @@ class ScanCopier:
             with connection(self.target):
                 return self.target.create_scan(payload), How.CREATED
 
-        target_id, how = CREATE_POLICY.call(attempt, f"create the copy of scan {scan_id}")
+        target_id, how = self.create_policy.call(attempt,
+                                                 f"create the copy of scan {scan_id}")
         if how is How.RECOVERED:
             self.ctx.log.info("scan {}: its create had committed ({} in {})", scan_id,
                               target_id, self.settings.target)

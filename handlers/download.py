@@ -1,10 +1,16 @@
 """The ``download`` action: the images of scans to ``images/``, with ``manifest.csv``.
 
 Plan (pure): scans → one task per file with its name stem. Execute: a pipeline, not
-batch barriers: a thread pool bounded by the source's ``max_connections`` streams each
-file to a temp name, hashing while writing, renames it, and journals it in the
-checkpoint. Up to ``WINDOW`` batches are in flight, so one batch's slow file does not
-idle the pool; batches still complete in order for progress lines and the manifest.
+batch barriers: a thread pool streams each file to a temp name, hashing while writing,
+renames it, and journals it in the checkpoint. Each fetch holds one of the source's
+``max_connections`` slots, which a retry gives back while it waits, so the pool has
+more workers than slots: one file's backoff does not idle a connection. Up to
+``WINDOW`` batches are in flight, so one batch's slow file does not idle the pool;
+batches still complete in order for progress lines and the manifest.
+
+The last pass (``retry.passes``): a scan whose files failed only transiently is held
+back from its batch's report; at the end of the run its failed files are fetched again,
+once per pass, and only then is the scan reported, ok or failed.
 A resumed run skips every file whose journal record still matches the file on disk.
 """
 
@@ -15,7 +21,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loguru import logger
@@ -23,6 +29,7 @@ from loguru import logger
 from daemon.errors import PermanentError, RequestError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
+from handlers.limits import connection
 from handlers.manifest import ManifestRow, manifest
 from handlers.naming import extension, file_stems
 from handlers.runcsv import RunCsv
@@ -30,6 +37,7 @@ from handlers.streams import HashingSink, is_complete
 
 IMAGES = "images"
 WINDOW = 4  # batches in flight at once
+WORKERS_PER_SLOT = 2  # workers per connection slot: some may be sleeping on a retry
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,24 @@ class FileOutcome:
     error: str | None = None
     transient: bool = False
     reused: bool = False
+
+
+@dataclass
+class Held:
+    """Scans held back for the last pass: each file outcome by scan, in order."""
+
+    scans: dict[int, list[FileOutcome]] = field(default_factory=dict)
+
+    def add(self, scan_id: int, outcomes: list[FileOutcome]) -> None:
+        self.scans[scan_id] = outcomes
+
+    def failed_tasks(self) -> list[FileTask]:
+        return [o.task for outs in self.scans.values() for o in outs if o.error]
+
+    def replace(self, outcomes: list[FileOutcome]) -> None:
+        by_key = {o.task.key: o for o in outcomes}
+        for outs in self.scans.values():
+            outs[:] = [by_key.get(o.task.key, o) for o in outs]
 
 
 @dataclass(frozen=True)
@@ -86,16 +112,21 @@ def run(ctx: RunContext) -> HandlerResult:
                                    "bytes": 0, "reused_files": 0})
     chunks = list(batches(scan_ids, request.batch_size))
     window: deque[Batch] = deque()
-    with ThreadPoolExecutor(source.max_connections, thread_name_prefix="download") as pool, \
+    held = Held() if ctx.config.retry.passes else None
+    workers = WORKERS_PER_SLOT * source.max_connections
+    with ThreadPoolExecutor(workers, thread_name_prefix="download") as pool, \
             manifest(ctx.run_dir) as rows_out:
         try:
             for number, chunk in enumerate(chunks, start=1):
                 ctx.check_stop()
                 window.append(_start(ctx, source, pool, number, chunk, images))
                 while len(window) >= WINDOW or (window and _all_done(window[0])):
-                    _finish(ctx, window.popleft(), len(chunks), result, rows_out)
+                    _finish(ctx, window.popleft(), len(chunks), result, rows_out, held)
             while window:
-                _finish(ctx, window.popleft(), len(chunks), result, rows_out)
+                _finish(ctx, window.popleft(), len(chunks), result, rows_out, held)
+            if held is not None:
+                _last_passes(ctx, source, pool, images, held)
+                _report_held(held, result, rows_out)
         except BaseException:
             _cancel(window)
             raise
@@ -132,24 +163,64 @@ def _all_done(batch: Batch) -> bool:
 
 
 def _finish(ctx: RunContext, batch: Batch, total_batches: int, result: HandlerResult,
-            manifest: RunCsv) -> None:
-    """Wait for a batch; an ``Interrupted`` or ``FatalError`` of any file stops the run."""
-    wait(batch.futures)
-    error = next((f.exception() for f in batch.futures if f.exception()), None)
-    if error is not None:
-        raise error
-    outcomes = [f.result() for f in batch.futures]
-    for item in _scan_results(batch, outcomes):
-        result.add(item)
-    _count(result.counts, outcomes)
-    manifest.write(_rows(outcomes, batch.missing))
+            manifest: RunCsv, held: Held | None) -> None:
+    """Wait for a batch and report it, but for the scans ``held`` back for the last
+    pass. An ``Interrupted`` or ``FatalError`` of any file stops the run."""
+    outcomes = _outcomes(batch.futures)
+    by_scan = _by_scan(outcomes)
+    if held is not None:
+        for scan_id, outs in by_scan.items():
+            if any(o.error for o in outs) and all(o.transient for o in outs if o.error):
+                held.add(scan_id, outs)
+    kept = {i: by_scan.get(i, []) for i in batch.scan_ids
+            if held is None or i not in held.scans}
+    for scan_id, outs in kept.items():
+        result.add(_scan_result(scan_id, outs, batch.missing.get(scan_id)))
+    reported = [o for outs in kept.values() for o in outs]
+    _count(result.counts, reported)
+    manifest.write(_rows(reported, batch.missing))
     # This run will not look at these records again (a resume reloads the journal), so
     # memory stays flat however many files the run has.
     ctx.checkpoint.forget(o.task.key for o in outcomes)
-    ctx.log.info("[BATCH {}/{}] {} scans, {} files, {} failed scans so far", batch.number,
-                 total_batches, len(batch.scan_ids), len(outcomes), len(result.failed))
+    waiting = len(held.scans) if held is not None else 0
+    ctx.log.info("[BATCH {}/{}] {} scans, {} files, {} failed scans so far, {} held for "
+                 "the last pass", batch.number, total_batches, len(batch.scan_ids),
+                 len(outcomes), len(result.failed), waiting)
     ctx.progress(result.total, result.counts["scans"], batch=batch.number,
-                 batches=total_batches, failed=len(result.failed))
+                 batches=total_batches, failed=len(result.failed), held=waiting)
+
+
+def _outcomes(futures: list[Future[FileOutcome]]) -> list[FileOutcome]:
+    """The outcomes once all are done; the first error that stops the run is raised."""
+    wait(futures)
+    error = next((f.exception() for f in futures if f.exception()), None)
+    if error is not None:
+        raise error
+    return [f.result() for f in futures]
+
+
+def _last_passes(ctx: RunContext, source: Instance, pool: ThreadPoolExecutor,
+                 images: Path, held: Held) -> None:
+    """Fetch the held scans' failed files again, up to ``retry.passes`` times."""
+    for number in range(1, ctx.config.retry.passes + 1):
+        tasks = held.failed_tasks()
+        if not tasks:
+            return
+        ctx.check_stop()
+        ctx.log.info("last pass {}: {} file(s) of {} scan(s) that failed transiently",
+                     number, len(tasks), len(held.scans))
+        futures = [pool.submit(_fetch_one, ctx, source, task, images) for task in tasks]
+        outcomes = _outcomes(futures)
+        held.replace(outcomes)
+        ctx.checkpoint.forget(o.task.key for o in outcomes)
+
+
+def _report_held(held: Held, result: HandlerResult, manifest: RunCsv) -> None:
+    for scan_id, outs in held.scans.items():
+        result.add(_scan_result(scan_id, outs, None))
+        _count(result.counts, outs)
+        manifest.write(_rows(outs, {}))
+    held.scans.clear()
 
 
 def _cancel(window: deque[Batch]) -> None:
@@ -168,7 +239,7 @@ def _fetch_one(ctx: RunContext, source: Instance, task: FileTask, images: Path) 
     item = f"{task.scan_id}/{task.ref.file_id}"
     try:
         # Lines the instance logs itself (retries) name this run and item too.
-        with logger.contextualize(run=ctx.run_id, item=item):
+        with logger.contextualize(run=ctx.run_id, item=item), connection(source):
             outcome = _stream_to_images(source, task, images, ctx)
     except (PermanentError, TransientError, OSError) as exc:
         # A local OSError (disk full, a share gone) fails this file, transiently: the
@@ -202,23 +273,23 @@ def _stream_to_images(source: Instance, task: FileTask, images: Path,
     return FileOutcome(task, f"{IMAGES}/{name}", sink.size, sink.sha256)
 
 
-def _scan_results(batch: Batch, outcomes: list[FileOutcome]) -> list[ItemResult]:
-    errors: dict[int, list[FileOutcome]] = {}
+def _by_scan(outcomes: list[FileOutcome]) -> dict[int, list[FileOutcome]]:
+    by_scan: dict[int, list[FileOutcome]] = {}
     for o in outcomes:
-        if o.error:
-            errors.setdefault(o.task.scan_id, []).append(o)
-    results = []
-    for scan_id in batch.scan_ids:
-        if scan_id in batch.missing:
-            results.append(ItemResult(scan_id, ItemStatus.FAILED, batch.missing[scan_id]))
-        elif scan_id in errors:
-            failed = errors[scan_id]
-            message = "; ".join(o.error or "" for o in failed)  # each names its file
-            results.append(ItemResult(scan_id, ItemStatus.FAILED, message,
-                                      transient=all(o.transient for o in failed)))
-        else:
-            results.append(ItemResult(scan_id, ItemStatus.OK))
-    return results
+        by_scan.setdefault(o.task.scan_id, []).append(o)
+    return by_scan
+
+
+def _scan_result(scan_id: int, outcomes: list[FileOutcome], missing: str | None
+                 ) -> ItemResult:
+    if missing is not None:
+        return ItemResult(scan_id, ItemStatus.FAILED, missing)
+    failed = [o for o in outcomes if o.error]
+    if not failed:
+        return ItemResult(scan_id, ItemStatus.OK)
+    message = "; ".join(o.error or "" for o in failed)  # each names its file
+    return ItemResult(scan_id, ItemStatus.FAILED, message,
+                      transient=all(o.transient for o in failed))
 
 
 def _count(counts: dict[str, int], outcomes: list[FileOutcome]) -> None:

@@ -8,18 +8,31 @@ for a variable that is not set yet, and the error (``FatalError``) names the set
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from psycopg.conninfo import make_conninfo
 
-from daemon.config import PlatformInstanceConfig, read_secret
+from daemon import outage
+from daemon.config import PlatformInstanceConfig, RetryConfig, read_secret
 from daemon.errors import FatalError
 from daemon.instances.base import FetchedFile, FileRef, Scan, Selection
 from daemon.instances.platform_api import PlatformApi
 from daemon.instances.platform_db import CHUNK_SIZE, PlatformDb
 from daemon.redact import register_secret
 from daemon.retry import RetryPolicy
+
+
+def retry_policy(name: str, cfg: PlatformInstanceConfig, retry: RetryConfig) -> RetryPolicy:
+    """The instance's policy: ``retry`` with the instance's overrides, and the daemon's
+    breaker of this instance (``daemon.outage``)."""
+    return RetryPolicy(attempts=cfg.retry_attempts,
+                       max_seconds=cfg.retry_max_seconds or retry.max_seconds,
+                       base=retry.base, cap=retry.cap,
+                       breaker=outage.breaker(name, retry.outage_after, retry.outage_seconds,
+                                              probe_cap=retry.cap))
+
 
 DB_CONNECT_TIMEOUT = 10  # seconds, libpq's connect_timeout
 DB_POOL_MAX = 8
@@ -33,32 +46,34 @@ class PlatformInstance:
     kind = "platform"
 
     def __init__(self, name: str, cfg: PlatformInstanceConfig, *,
-                 policy: RetryPolicy | None = None, chunk_size: int = CHUNK_SIZE,
-                 compliance_fallback: bool = False) -> None:
+                 policy: RetryPolicy | None = None, retry: RetryConfig | None = None,
+                 chunk_size: int = CHUNK_SIZE, compliance_fallback: bool = False) -> None:
         self.name = name
         self.cfg = cfg
         self.max_connections = cfg.max_connections
         self.marker_field = cfg.marker_field
-        policy = policy or RetryPolicy(attempts=cfg.retry_attempts,
-                                       max_seconds=cfg.retry_max_seconds)
+        policy = policy or retry_policy(name, cfg, retry or RetryConfig())
         self._db_password: str | None = None
         self.api = PlatformApi(name, cfg.api_url, self._api_credentials, policy,
                                api_paths=cfg.api_paths, max_connections=cfg.max_connections,
                                timeout=cfg.timeout_seconds)
         # A small pool: reads are few, large and chunked; HTTP workers need the connections.
-        self.db = PlatformDb(name, self._conninfo, policy, sql=cfg.sql,
+        # The breaker watches the API only: a database that answers must not hide an API
+        # that does not.
+        self.db = PlatformDb(name, self._conninfo, replace(policy, breaker=None), sql=cfg.sql,
                              max_size=min(DB_POOL_MAX, max(1, cfg.max_connections // 2)),
                              timeout=min(cfg.timeout_seconds, 30.0), chunk_size=chunk_size,
                              secrets=lambda: (self._db_password,),
                              compliance_fallback=compliance_fallback)
 
     @classmethod
-    def from_config(cls, name: str, cfg: PlatformInstanceConfig, *,
+    def from_config(cls, name: str, cfg: PlatformInstanceConfig,
+                    retry: RetryConfig | None = None, *,
                     compliance_fallback: bool = False) -> PlatformInstance:
         """Build the instance; connects nothing yet. Raises ``FatalError`` for unknown
         ``api_paths`` or ``sql`` names. ``compliance_fallback``: the config's
         ``analysis.compliance_fallback`` (see ``platform_db``)."""
-        return cls(name, cfg, compliance_fallback=compliance_fallback)
+        return cls(name, cfg, retry=retry, compliance_fallback=compliance_fallback)
 
     # --- the Instance contract -------------------------------------------------------
 

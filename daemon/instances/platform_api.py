@@ -231,7 +231,9 @@ class PlatformApi:
             return token
 
         try:
-            token = self._policy.call(attempt, f"log in to {self.name}")
+            # Under self._lock, which other calls wait for holding their slots: this
+            # call keeps its slot through its waits.
+            token = self._policy.call(attempt, f"log in to {self.name}", keep_slots=True)
         except PermanentError as exc:
             raise FatalError(f"instance {self.name}: cannot log in: {exc}") from exc
         register_secret(token)

@@ -37,7 +37,8 @@ class Instances:
             from daemon.instances.platform import PlatformInstance
 
             return PlatformInstance.from_config(
-                name, cfg, compliance_fallback=self._config.analysis.compliance_fallback)
+                name, cfg, self._config.retry,
+                compliance_fallback=self._config.analysis.compliance_fallback)
         raise FatalError(f"instance {name!r}: unsupported kind")
 
     def close(self) -> None:

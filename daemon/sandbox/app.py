@@ -37,6 +37,8 @@ INSTANCES = (PROD, QA)
 USERNAME = "scanrelay"
 STATE_FILE = "sandbox.json"
 STORES = 3
+SECTIONS = (1, 2, 1, 3)  # compliance reports per seeded scan, cycled: several sections
+EXTRA_SECTION_EVERY = 5  # every 5th copy gets a section its source lacks (target-only row)
 # QA's outcomes for prod's seeded scans, by seeded position: each §7 comment within 8.
 OUTCOME_CYCLE: tuple[Outcome, ...] = (
     Outcome.SAME,
@@ -233,6 +235,7 @@ class Sandbox:
                 file_size=(40_000, 160_000),
                 seed=self.state.seed,
                 stores=STORES,
+                sections=SECTIONS,
             )
             self.state.seeded[name] = result.scan_ids
             self.state.stores = result.store_ids
@@ -243,6 +246,8 @@ class Sandbox:
         qa = self.servers[QA].processing
         for position, scan_id in enumerate(self.state.seeded.get(PROD, [])):
             qa.force(scan_id, OUTCOME_CYCLE[position % len(OUTCOME_CYCLE)])
+            if position % EXTRA_SECTION_EVERY == EXTRA_SECTION_EVERY - 1:
+                qa.force_extra_section(scan_id)
 
     # what users get -------------------------------------------------------------------
 

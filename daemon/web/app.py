@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +24,7 @@ from daemon import status
 from daemon.config import Config
 from daemon.errors import RequestError
 from daemon.layout import Layout
-from daemon.ledger import RunFilter, read_ledger
+from daemon.ledger import Ledger, RunFilter, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
 from daemon.runinfo import failed_requests, load_run, retry_request, run_file
@@ -44,6 +45,8 @@ class Pages:
         self.layout = Layout(config.root)
         self.keys = keys
         self.actions = config.web.actions and keys.token is not None
+        self._lock = threading.Lock()
+        self._history: Ledger | None = None
         self.env = Environment(loader=PackageLoader("daemon.web", "templates"),
                                autoescape=select_autoescape(default=True))
         fmt.install(self.env)
@@ -71,14 +74,10 @@ class Pages:
         filters = RunFilter(_choice(q, "action", None), _choice(q, "status", STATUSES),
                             _text(q, "q"))
         page = _page(q)
-        ledger = read_ledger(self.layout.state)
-        try:
-            total = ledger.count(filters) if ledger else 0
-            records = ledger.search(filters, PAGE_SIZE, (page - 1) * PAGE_SIZE) if ledger else []
-            actions = ledger.actions() if ledger else []
-        finally:
-            if ledger:
-                ledger.close()
+        ledger = self._ledger()
+        total = ledger.count(filters) if ledger else 0
+        records = ledger.search(filters, PAGE_SIZE, (page - 1) * PAGE_SIZE) if ledger else []
+        actions = ledger.actions() if ledger else []
         pages = max(1, -(-total // PAGE_SIZE))
         return self.render("runs.html", page="runs", records=records, total=total,
                            number=page, pages=pages, f=filters, actions=actions,
@@ -154,6 +153,14 @@ class Pages:
         return response
 
     # --- helpers ----------------------------------------------------------------
+
+    def _ledger(self) -> Ledger | None:
+        """One read-only connection for the page's lifetime (opening one per request
+        costs more than the query); None until the daemon has created the ledger."""
+        with self._lock:
+            if self._history is None:
+                self._history = read_ledger(self.layout.state)
+            return self._history
 
     def _view(self, request: Request) -> Any:
         view = load_run(self.layout, request.path_params["key"])

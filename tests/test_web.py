@@ -6,12 +6,14 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from helpers import DaemonProcess, drop, make_root, wait_settled
 from web_support import free_port, web_root
 
@@ -52,6 +54,18 @@ def test_daemon_refuses_to_start_on_a_public_address_without_token(tmp_path: Pat
     assert f"listen '0.0.0.0:{port}' is not a loopback address: set web.token_file" in out.stderr
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_a_taken_port_leaves_the_daemon_running_without_its_page(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        root = make_root(tmp_path, web={"listen": f"127.0.0.1:{port}"})
+        with DaemonProcess(root) as daemon:
+            drop(root / "inbox", "r.csv", "scan_id\n1001\n")
+            assert wait_settled(root, ["r.csv"])["r.csv"][0] == "done"
+            assert f"web.listen 127.0.0.1:{port}: cannot listen there" in daemon.log_text()
 
 
 def test_with_a_token_every_page_needs_it(tmp_path: Path) -> None:
@@ -133,6 +147,7 @@ def test_only_known_files_of_run_folders_are_served(tmp_path: Path) -> None:
         assert _raw_get(base, f"/runs/{run}/files/analysis.csv") == 404
 
 
+@pytest.mark.slow  # the platform run waits out its connection pool's 30 s
 def test_no_secret_in_any_page_header_or_download(tmp_path: Path) -> None:
     (tmp_path / "token").write_text(TOKEN)
     dead = free_port()  # nothing listens there: the run fails with errors
@@ -141,11 +156,10 @@ def test_no_secret_in_any_page_header_or_download(tmp_path: Path) -> None:
                 "api_username": "qa", "api_password_env": "CANARY_API_PASSWORD",
                 "db_password_env": "CANARY_DB_PASSWORD", "retry_attempts": 1}
     root, base = web_root(tmp_path, token_file=str(tmp_path / "token"))
-    text = (root / "config.yml").read_text()
-    config = __import__("yaml").safe_load(text)
+    config = yaml.safe_load((root / "config.yml").read_text())
     config["instances"]["prod"] = platform
     config["profiles"]["prod-download"] = {"action": "download", "source": "prod"}
-    (root / "config.yml").write_text(__import__("yaml").safe_dump(config))
+    (root / "config.yml").write_text(yaml.safe_dump(config))
     env = {"CANARY_API_PASSWORD": API_PASSWORD, "CANARY_DB_PASSWORD": DB_PASSWORD}
     canaries = (TOKEN, API_PASSWORD, DB_PASSWORD)
     auth = {"Authorization": f"Bearer {TOKEN}"}

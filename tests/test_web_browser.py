@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from helpers import DaemonProcess, drop, wait_settled
 from web_support import (
     browser,
@@ -59,10 +60,9 @@ def test_a_drop_goes_live_through_queue_progress_and_run_page(tmp_path: Path) ->
     # Scans without a report are never processed by the target: left out (the newest of
     # make_root's 12, and the newest of these).
     ids = "".join(f"{i}\n" for i in range(1001, 1000 + SCANS) if i != 1012)
-    config = json.loads(json.dumps(__import__("yaml").safe_load(
-        (root / "config.yml").read_text())))
+    config = yaml.safe_load((root / "config.yml").read_text())
     config["profiles"]["demo-copy"].update(analyze=True, batch_size=2)
-    (root / "config.yml").write_text(__import__("yaml").safe_dump(config))
+    (root / "config.yml").write_text(yaml.safe_dump(config))
     name = "shelf-copy.csv"
     with DaemonProcess(root), browser() as chromium:
         page = chromium.new_page()

@@ -1,6 +1,7 @@
 """The page's HTTP server: uvicorn in a daemon thread of the scanrelay process, like
-the metrics endpoint. The socket is bound before the thread starts, so a taken port or
-an unreadable token stops the daemon at start with a clear message."""
+the metrics endpoint. An unreadable or empty token stops the daemon at start; a port
+that cannot be bound is logged as an error and the daemon runs on without its page
+(requests matter more than the window onto them)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,13 @@ class WebServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        sock = _bind(self.listen)
+        try:
+            sock = _bind(self.listen)
+        except OSError as exc:
+            logger.error("web.listen {}: cannot listen there ({}); running without the web "
+                         "page: choose a free port or another address", self.listen,
+                         exc.strerror)
+            return
         conf = uvicorn.Config(self.app, log_config=None, access_log=False,
                               server_header=False, lifespan="off",
                               timeout_graceful_shutdown=int(STOP_SECONDS))
@@ -56,10 +63,9 @@ def _bind(listen: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, int(port)))
-    except OSError as exc:
+    except OSError:
         sock.close()
-        raise FatalError(f"web.listen {listen}: cannot listen there ({exc.strerror}); "
-                         "choose a free port or another address") from None
+        raise
     sock.listen(128)
     sock.set_inheritable(True)
     return sock

@@ -19,7 +19,7 @@ def when(value: Any) -> str:
                   else datetime.fromisoformat(str(value)).astimezone(UTC))
     except (ValueError, OverflowError):
         return str(value)
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def age(seconds: Any) -> str:

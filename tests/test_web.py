@@ -3,6 +3,7 @@ refusing an unsafe bind, the token, path traversal, no secret in any answer."""
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import re
@@ -195,3 +196,27 @@ def test_ledger_filter_text_is_a_literal_substring(tmp_path: Path) -> None:
     assert ledger.count(RunFilter(text="csv")) == 4
     assert ledger.count(RunFilter(status="claimed", text="plain")) == 1
     ledger.close()
+
+
+def test_failed_and_schedules_pages_say_what_the_cli_says(tmp_path: Path) -> None:
+    schedule = {"name": "nightly", "cron": "0 2 * * *", "timezone": "UTC",
+                "request": {"profile": "demo-download", "scan_ids": [1001]}}
+    root, base = web_root(tmp_path, {"schedules": [schedule]})
+    with DaemonProcess(root):
+        drop(root / "inbox", "bad.json", '{"action": "download", "colour": "red"}')
+        wait_settled(root, ["bad.json"])
+        failed = requests.get(base + "/failed", timeout=10).text
+        error = (root / "failed" / "bad.json.error.txt").read_text()
+        assert "bad.json" in failed and "colour" in failed
+        claim = json.loads((root / "failed" / "bad.json.result.json").read_text())["claim_id"]
+        assert f'href="/runs/{claim}"' in failed
+        page = requests.get(f"{base}/runs/{claim}", timeout=10).text
+        assert "invalid" in page
+        assert html.escape(error.strip().splitlines()[0]) in page
+        shown = subprocess.run([sys.executable, "-m", "daemon", "schedules", "--json"],
+                               cwd=root, capture_output=True, text=True, timeout=60)
+        row = json.loads(shown.stdout)[0]
+        schedules = requests.get(base + "/schedules", timeout=10).text
+        assert row["job"] == "schedule:nightly" and row["job"] in schedules
+        assert "0 2 * * *" in schedules
+        assert row["next_fire"][:10] in schedules

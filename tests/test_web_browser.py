@@ -74,7 +74,13 @@ def test_a_drop_goes_live_through_queue_progress_and_run_page(tmp_path: Path) ->
         seen: list[tuple[int, int]] = []
         deadline = time.monotonic() + 120
         shot = False
+        run_tab = None  # a second tab on the run page while it runs: the live log tail
         while time.monotonic() < deadline:
+            link = page.locator(f'#in-flight tr[data-request="{name}"] a')
+            if run_tab is None and link.count():
+                run_tab = chromium.new_page()
+                run_tab.goto(base + (link.first.get_attribute("href") or ""))
+                first_log = run_tab.inner_text("#log") if run_tab.locator("#log").count() else ""
             value = _progress(page, name)
             if value and (not seen or seen[-1] != tuple(value)):
                 seen.append((value[0], value[1]))
@@ -92,6 +98,13 @@ def test_a_drop_goes_live_through_queue_progress_and_run_page(tmp_path: Path) ->
         assert seen, "no progress bar was seen for the run"
         assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
         assert any(done < total for done, total in seen), seen
+
+        assert run_tab is not None, "the run never showed in flight with a link"
+        run_tab.wait_for_selector("#run-status[data-final]", timeout=30_000)
+        assert run_tab.inner_text("#run-status") == "done"
+        final_log = run_tab.inner_text("#log")
+        assert "run finished: done" in final_log and final_log != first_log
+        run_tab.close()
 
         row.locator("a").click()
         page.wait_for_selector("#run-status")

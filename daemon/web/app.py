@@ -27,7 +27,7 @@ from daemon.layout import Layout
 from daemon.ledger import Ledger, RunFilter, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
-from daemon.runinfo import failed_requests, load_run, retry_request, run_file
+from daemon.runinfo import RunView, failed_requests, load_run, retry_request, run_file
 from daemon.schedule.report import schedule_rows
 from daemon.web import fmt
 from daemon.web.analysis import analysis_view, colour_css, known_comment
@@ -162,7 +162,7 @@ class Pages:
                 self._history = read_ledger(self.layout.state)
             return self._history
 
-    def _view(self, request: Request) -> Any:
+    def _view(self, request: Request) -> RunView:
         view = load_run(self.layout, request.path_params["key"])
         if view is None:
             raise HTTPException(404, "no such run")

@@ -24,7 +24,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = "scanrelay_session"
-OPEN_PATHS = ("/login", "/static/", "/colours.css")  # the login form and its assets
+OPEN_PATHS = ("/login", "/colours.css")  # the sign-in form and its assets, with /static/
 HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -97,7 +97,8 @@ class Guard:
         if self.keys.token is None and not _loopback_host(headers.get("host", "")):
             await _plain(send_secured, 400, b"this page answers only on a loopback address")
             return
-        if not path.startswith(OPEN_PATHS) and not self.keys.allowed(headers):
+        open_path = path in OPEN_PATHS or path.startswith("/static/")
+        if not open_path and not self.keys.allowed(headers):
             await _answer(send_secured, 401, self.login_page(path), "text/html; charset=utf-8")
             return
         await self.app(scope, receive, send_secured)

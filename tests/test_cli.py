@@ -90,7 +90,8 @@ def test_demo_run_processes_the_sample(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stdout + out.stderr
     assert (root / "done" / "sample-download.csv").exists()
-    run_dir = next((root / "runs").iterdir())
+    # The sample download's run (the demo also runs a copy on the sandbox).
+    run_dir = next(p for p in (root / "runs").iterdir() if "-download-" in p.name)
     assert len(list((run_dir / "images").iterdir())) >= 12
     assert (run_dir / "manifest.csv").exists()
 

@@ -17,7 +17,6 @@ from rich.table import Table
 from daemon import logs
 from daemon.config import Config, ConfigError, load_config
 from daemon.errors import FatalError, RequestError
-from daemon.fsutil import is_ignored_name
 from daemon.instances.registry import Instances
 from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
 from daemon.layout import Layout
@@ -26,7 +25,6 @@ from daemon.outcomes import RunStatus
 from daemon.readers import read_request_file
 from daemon.request import parse_request
 from daemon.runner import Runner
-from daemon.runstate import RunState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scanrelay: copy, download and compare shelf scans from request files.")
@@ -235,20 +233,15 @@ def new(config: ConfigOpt = None) -> None:
 @app.command()
 def retry(run_id: str, config: ConfigOpt = None) -> None:
     """Drop a new request covering only what failed in RUN_ID; print its path."""
-    from daemon.submit import drop_request
+    from daemon.runinfo import retry_request
 
-    cfg = _config(config)
-    ledger = read_ledger(Layout(cfg.root).state)
-    record = ledger.get(run_id) if ledger else None
-    sidecar = Path(f"{record.final_path}.retry.json") if record and record.final_path else None
-    if sidecar is None or not sidecar.exists():
-        err.print(f"{run_id}: no failed scans to retry (no retry.json for this run)")
-        raise typer.Exit(1)
-    raw = json.loads(sidecar.read_text(encoding="utf-8"))
     try:
-        path = drop_request(cfg, raw, stem=f"retry-{run_id}")
+        path = retry_request(_config(config), run_id)
+    except LookupError as exc:
+        err.print(str(exc.args[0]), markup=False)
+        raise typer.Exit(1) from None
     except RequestError as exc:
-        err.print(f"the retry request is no longer valid: {exc}")
+        err.print("; ".join(exc.problems), markup=False)
         raise typer.Exit(2) from None
     print(path)
 
@@ -328,16 +321,13 @@ def runs(failed: Annotated[bool, typer.Option("--failed")] = False,
 def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
          config: ConfigOpt = None) -> None:
     """One run's summary: status, counts, errors, where its files are."""
-    cfg = _config(config)
-    layout = Layout(cfg.root)
-    data = RunState.load(layout.runs / run_id)
-    if data is None:
-        ledger = read_ledger(layout.state)
-        record = ledger.get(run_id) if ledger else None
-        if record is None:
-            err.print(f"no run {run_id}")
-            raise typer.Exit(1)
-        data = {k: v for k, v in record.__dict__.items()}
+    from daemon.runinfo import load_run
+
+    view = load_run(Layout(_config(config).root), run_id)
+    if view is None:
+        err.print(f"no run {run_id}")
+        raise typer.Exit(1)
+    data = view.data
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return
@@ -358,11 +348,8 @@ def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
                 console.print(f"{count:>12}  {comment}", markup=False)
     for error in (data.get("errors") or [])[:20]:
         console.print(f"       error: {error}", markup=False)
-    if (layout.runs / run_id).is_dir():
-        files = sorted(p.name for p in (layout.runs / run_id).iterdir()
-                       if not is_ignored_name(p.name))
-        console.print(f"{'files':>12}: {', '.join(files)}", markup=False)
-
+    if view.files:
+        console.print(f"{'files':>12}: {', '.join(view.files)}", markup=False)
 
 
 @app.command()

@@ -7,6 +7,7 @@ variable, ``*_file`` names a file (e.g. a systemd credential); a literal one is 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -112,6 +113,38 @@ class MetricsConfig(Model):
     listen: str | None = None
 
 
+class WebConfig(Model):
+    listen: str | None = None  # host:port; loopback unless web.token_file is set
+    token_file: Path | None = None  # the access token (a file, e.g. a systemd credential)
+    actions: bool = False  # offer "retry the failed scans" (needs token_file)
+
+    @model_validator(mode="after")
+    def _safe(self) -> WebConfig:
+        if self.listen is not None:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"listen {self.listen!r} must be host:port, "
+                                 "e.g. 127.0.0.1:8686")
+            if not is_loopback(host) and self.token_file is None:
+                raise ValueError(f"listen {self.listen!r} is not a loopback address: set "
+                                 "web.token_file so that only holders of the token get in, "
+                                 "or listen on 127.0.0.1 behind a reverse proxy")
+        if self.actions and self.token_file is None:
+            raise ValueError("actions: true needs web.token_file (only a signed-in user "
+                             "may drop a retry request)")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class RetentionConfig(Model):
     days: int | None = Field(default=None, ge=1)
 
@@ -199,6 +232,7 @@ class Config(Model):
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()
     retry: RetryConfig = RetryConfig()
+    web: WebConfig = WebConfig()
     copy_: CopyConfig = Field(default=CopyConfig(), alias="copy")
     analysis: AnalysisConfig = AnalysisConfig()
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

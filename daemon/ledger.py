@@ -35,7 +35,36 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_status ON requests(status);
+-- Newest-first pages of the history (web page, `runs`), whole or by action or status.
+CREATE INDEX IF NOT EXISTS requests_claimed ON requests(claimed_at, claim_id);
+CREATE INDEX IF NOT EXISTS requests_action_claimed ON requests(action, claimed_at);
+CREATE INDEX IF NOT EXISTS requests_status_claimed ON requests(status, claimed_at);
 """
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which history rows a reader wants; an empty field does not filter."""
+
+    action: str | None = None
+    status: str | None = None
+    text: str | None = None  # a substring of the request's name or label
+
+    def where(self) -> tuple[str, tuple[Any, ...]]:
+        """The SQL condition and its bound parameters (values never enter the SQL)."""
+        terms, params = [], []
+        if self.action:
+            terms.append("action = ?")
+            params.append(self.action)
+        if self.status:
+            terms.append("status = ?")
+            params.append(self.status)
+        if self.text:
+            like = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace(
+                "_", "\\_") + "%"
+            terms.append("(name LIKE ? ESCAPE '\\' OR label LIKE ? ESCAPE '\\')")
+            params += [like, like]
+        return ("WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
 
 
 @dataclass(frozen=True)
@@ -105,6 +134,25 @@ class Ledger:
         where = "WHERE status IN ('failed', 'partial', 'invalid')" if failed_only else ""
         return self._query(f"SELECT * FROM requests {where} ORDER BY claimed_at DESC, "
                            "claim_id DESC LIMIT ?", (limit,))
+
+    def search(self, filters: RunFilter, limit: int, offset: int = 0) -> list[RequestRecord]:
+        """One page of the history matching ``filters``, newest first."""
+        where, params = filters.where()
+        return self._query(f"SELECT * FROM requests {where} ORDER BY claimed_at DESC, "
+                           "claim_id DESC LIMIT ? OFFSET ?", (*params, limit, offset))
+
+    def count(self, filters: RunFilter) -> int:
+        where, params = filters.where()
+        with self._lock:
+            return int(self._db.execute(f"SELECT count(*) FROM requests {where}",
+                                        params).fetchone()[0])
+
+    def actions(self) -> list[str]:
+        """The actions the history holds (for a filter's choices)."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT action FROM requests"
+                                    " WHERE action IS NOT NULL ORDER BY action").fetchall()
+        return [r[0] for r in rows]
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[RequestRecord]:
         with self._lock:

@@ -224,10 +224,11 @@ def _waiting(state: RunState, log: Any) -> Callable[[list[outage.Health]], None]
     def changed(down: list[outage.Health]) -> None:
         if down:
             reason = "; ".join(h.reason() for h in down)
-            state.update(status=RunStatus.WAITING.value, waiting=redact(reason))
+            state.update(status=RunStatus.WAITING.value, waiting=redact(reason),
+                         waiting_for=[h.instance for h in down])
             log.warning("run waits: {}", reason)
         else:
-            state.update(status=RunStatus.RUNNING.value, waiting=None)
+            state.update(status=RunStatus.RUNNING.value, waiting=None, waiting_for=None)
             log.info("run resumes: its instances answer again")
     return changed
 

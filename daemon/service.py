@@ -60,6 +60,11 @@ class Service:
         self.profiles = set(config.profiles)
         self.started_at = time.time()
         self.scheduler = Scheduler(config, self.layout, self.ledger, self.stop)
+        self.web = None
+        if config.web.listen:  # built here: an unreadable token stops the start at once
+            from daemon.web.server import WebServer
+
+            self.web = WebServer(config)
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
@@ -76,6 +81,8 @@ class Service:
         self.scheduler.start()  # after the watcher: a catch-up fire is picked up at once
         if self.config.metrics.listen:
             metrics.serve(self.config.metrics.listen)
+        if self.web is not None:
+            self.web.start()
         logger.info("scanrelay watching {} ({} mode, {} parallel runs)", self.layout.inbox,
                     self.config.intake.mode, self.config.runs.max_parallel)
         self.notifier.send("READY=1", self._status_line())
@@ -194,6 +201,8 @@ class Service:
         retry.STOPPING.set()  # retry waits end at once instead of sleeping out a backoff
         self.notifier.send("STOPPING=1")
         self.scheduler.stop()  # no fire writes into an inbox nobody takes from
+        if self.web is not None:
+            self.web.stop()
         self.watcher.stop()
         # Queued claims never start; they stay in processing/ and resume at next start.
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
-from daemon.intake.claim import pending_claims
+from daemon.health import instance_health
+from daemon.intake.claim import pending_claims, profile_of
 from daemon.intake.watcher import list_inbox
 from daemon.layout import Layout
 from daemon.ledger import read_ledger
@@ -23,6 +24,7 @@ from daemon.schedule.report import next_schedules
 
 HEARTBEAT_FILE = "daemon.json"
 STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is hung or gone
+QUEUE_SHOWN = 100  # inbox entries listed (the count covers them all)
 
 
 def heartbeat_path(layout: Layout) -> Path:
@@ -32,17 +34,32 @@ def heartbeat_path(layout: Layout) -> Path:
 def collect(config: Config) -> dict[str, Any]:
     layout = Layout(config.root)
     now = time.time()
-    waiting = [(p, st) for p, st in list_inbox(layout.inbox) if p.is_file()]
+    queue = inbox_queue(layout, now)
+    in_flight = _in_flight(layout)
+    waiting: dict[str, list[str]] = {}  # instance → runs waiting for it (an outage)
+    for run in in_flight:
+        for name in run.get("instances") or [] if run["status"] == "waiting" else []:
+            waiting.setdefault(name, []).append(run["run_id"])
+    daemon = _daemon(layout, now)
     status: dict[str, Any] = {
-        "daemon": _daemon(layout, now),
-        "inbox": {"waiting": len(waiting),
-                  "oldest_age_seconds": round(now - min(st.st_mtime for _, st in waiting), 1)
-                  if waiting else None},
-        "in_flight": _in_flight(layout),
+        "daemon": daemon,
+        "inbox": {"waiting": len(queue),
+                  "oldest_age_seconds": max(q["age_seconds"] for q in queue) if queue else None,
+                  "queue": queue[:QUEUE_SHOWN]},
+        "in_flight": in_flight,
         "last_results": _last_results(layout),
         "schedules": next_schedules(config),
+        "instances": instance_health(config, waiting, daemon.get("instances") or []),
     }
     return status
+
+
+def inbox_queue(layout: Layout, now: float) -> list[dict[str, Any]]:
+    """Requests waiting in the inbox, oldest first: name, profile, age."""
+    waiting = sorted(((p, st) for p, st in list_inbox(layout.inbox) if p.is_file()),
+                     key=lambda item: item[1].st_mtime)
+    return [{"name": p.name, "profile": profile_of(p, layout.inbox),
+             "age_seconds": round(now - st.st_mtime, 1)} for p, st in waiting]
 
 
 def _daemon(layout: Layout, now: float) -> dict[str, Any]:
@@ -77,6 +94,7 @@ def _in_flight(layout: Layout) -> list[dict[str, Any]]:
                     "status": data.get("status") if data else "queued",
                     "label": data.get("label") if data else None,
                     "waiting": data.get("waiting") if data else None,
+                    "instances": data.get("waiting_for") if data else None,
                     "progress": data.get("progress") if data else None})
     return out
 
@@ -86,7 +104,8 @@ def _last_results(layout: Layout, limit: int = 5) -> list[dict[str, Any]]:
     if ledger is None:
         return []
     try:
-        return [{"run_id": r.run_id, "request": r.name, "status": r.status,
+        return [{"run_id": r.run_id or r.claim_id, "request": r.name, "status": r.status,
+                 "action": r.action, "label": r.label,
                  "finished_at": r.finished_at, "counts": r.counts}
                 for r in ledger.recent(limit) if r.finished_at]
     finally:

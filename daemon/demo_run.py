@@ -46,6 +46,8 @@ def _run(config: Config, keep: bool, console: Console, box: Sandbox | None) -> i
     thread = threading.Thread(target=lambda: service.run(handle_signals=False), name="daemon",
                               daemon=True)
     thread.start()
+    if config.web.listen:
+        console.print(f"web page: {_page(config)} (queue, live progress, runs and reports)")
     ok = _sample_download(config, service, console)
     if box is not None:
         ok = _sandbox_copy(config, service, console, box) and ok
@@ -89,7 +91,14 @@ def _sandbox_copy(config: Config, service: Service, console: Console, box: Sandb
         return False
     _show(console, config.root, result)
     analysed = show_analysis(console, config.root, result[1], box)
+    run_id = result[1].get("run_id")
+    if config.web.listen and run_id:
+        console.print(f"its report on the web page: {_page(config)}runs/{run_id}/analysis")
     return result[1].get("status") == "done" and analysed
+
+
+def _page(config: Config) -> str:
+    return f"http://{config.web.listen}/"
 
 
 def fresh_name(root: Path, name: str) -> str:

@@ -28,8 +28,10 @@ from daemon.config import Config
 from daemon.errors import FatalError
 from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
-from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
-from daemon.intake.watcher import InboxWatcher, PathQueue, list_inbox
+from daemon.intake.claim import Claimed, is_candidate, new_claim_id, pending_claims, refusal
+from daemon.intake.claimer import Claimer, NotYet
+from daemon.intake.inbox import waiting
+from daemon.intake.watcher import InboxWatcher, PathQueue
 from daemon.layout import Layout
 from daemon.ledger import LEDGER_FILE, Ledger
 from daemon.notify import Notifier
@@ -53,6 +55,7 @@ class Service:
         self.runner = Runner(config, self.layout, self.ledger, self.instances, self.stop)
         self.paths: PathQueue = queue.Queue()
         self.watcher = InboxWatcher(self.layout.inbox, self.paths, config.intake)
+        self.claimer = Claimer(self.layout)
         self.pending: OrderedDict[Path, None] = OrderedDict()
         self.in_flight: dict[Future[RunStatus], Claimed] = {}
         self.pool = ThreadPoolExecutor(config.runs.max_parallel, thread_name_prefix="run")
@@ -72,6 +75,7 @@ class Service:
         if handle_signals:
             self._install_signals()
         retry.STOPPING.clear()
+        self.claimer.repair()  # claims a crash cut off half-way, before the resumes
         resumes = pending_claims(self.layout)
         if resumes:
             logger.info("resuming {} request(s) left in processing/", len(resumes))
@@ -105,8 +109,10 @@ class Service:
     def _loop(self) -> None:
         last_ping = last_prune = 0.0
         while not self.stop.is_set():
-            self._drain(TICK)
+            self._drain(self.watcher.next_due_in(TICK))
             self.watcher.tick()
+            for claimed in self.claimer.retry_unpublished():
+                self._submit(claimed)
             self._reap()
             self._dispatch()
             now = time.monotonic()
@@ -151,8 +157,12 @@ class Service:
             return
         if not (path.exists() or path.is_symlink()):
             return  # gone (claimed already, or taken back by its owner)
-        claimed = claim(path, self.layout)
-        if claimed is not None:
+        claimed = self.claimer.claim(path)
+        if isinstance(claimed, NotYet):
+            logger.info("{} is busy ({}); looking again shortly",
+                        path.relative_to(self.layout.inbox), claimed.reason)
+            self.watcher.later(path)
+        elif claimed is not None:
             logger.bind(run=claimed.claim_id).info("claimed {}",
                                                    path.relative_to(self.layout.inbox))
             self._submit(claimed)
@@ -177,9 +187,8 @@ class Service:
             "instances": [h.as_dict() for h in health]},
             durable=False)  # rewritten every second: no fsync, a crash loses nothing of use
         if self.config.metrics.listen:
-            waiting = [st.st_mtime for _, st in list_inbox(self.layout.inbox)]
-            oldest = time.time() - min(waiting) if waiting else 0.0
-            metrics.set_queue(len(waiting), oldest, len(self.in_flight))
+            inbox = waiting(self.layout.inbox, time.time())
+            metrics.set_queue(inbox.requests, inbox.oldest_age or 0.0, len(self.in_flight))
             metrics.set_instances(health)
         if self.watcher.alive():
             self.notifier.send("WATCHDOG=1", self._status_line())

@@ -6,7 +6,9 @@ import contextlib
 import os
 import queue
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import DaemonProcess, drop, make_root, wait_settled
@@ -15,30 +17,100 @@ from daemon.config import IntakeConfig
 from daemon.intake.watcher import InboxWatcher, Stability
 
 
-def _collect(paths: queue.Queue[Path], seconds: float) -> list[Path]:
+def _collect(paths: queue.Queue[Path], seconds: float,
+             watcher: InboxWatcher | None = None) -> list[Path]:
+    """What the watcher reports within ``seconds``, ticking it as the main loop does."""
     out, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if watcher is not None:
+            watcher.tick()
         with contextlib.suppress(queue.Empty):
             out.append(paths.get(timeout=0.02))
     return out
 
 
-def test_events_report_close_and_move_only(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def watching(inbox: Path, **intake: Any) -> Iterator[tuple[InboxWatcher, queue.Queue[Path]]]:
     paths: queue.Queue[Path] = queue.Queue()
-    watcher = InboxWatcher(tmp_path, paths, IntakeConfig(rescan_interval=3600))
+    watcher = InboxWatcher(inbox, paths, IntakeConfig(rescan_interval=3600, **intake))
     watcher.start()
     try:
+        yield watcher, paths
+    finally:
+        watcher.stop()
+
+
+def test_without_quiet_period_a_close_after_write_is_reported_at_once(tmp_path: Path) -> None:
+    with watching(tmp_path, quiet_seconds=0) as (_, paths):
         with (tmp_path / "slow.csv").open("w") as f:
             f.write("scan_id\n")
             f.flush()
             assert _collect(paths, 0.3) == [], "an open file must not be reported"
         assert _collect(paths, 0.3) == [tmp_path / "slow.csv"]
-        (tmp_path / ".tmp").write_text("x")
-        _collect(paths, 0.2)
-        os.rename(tmp_path / ".tmp", tmp_path / "moved.csv")
-        assert tmp_path / "moved.csv" in _collect(paths, 0.3)
-    finally:
-        watcher.stop()
+
+
+def test_a_file_written_in_place_is_reported_once_quiet(tmp_path: Path) -> None:
+    with watching(tmp_path, quiet_seconds=0.5) as (watcher, paths):
+        target = tmp_path / "two-step.csv"
+        target.write_text("scan_id\n")  # `>`
+        assert _collect(paths, 0.3, watcher) == [], "taken before its quiet period"
+        with target.open("a") as f:  # `>>` within the quiet period: starts it over
+            f.write("1001\n")
+        assert _collect(paths, 0.3, watcher) == [], "the append did not restart the wait"
+        closed = time.monotonic()
+        assert _collect(paths, 0.6, watcher) == [target]
+        assert watcher.gate.next_due_in() is None
+        assert time.monotonic() - closed >= 0.45
+
+
+def test_a_reader_during_the_quiet_period_does_not_make_it_a_request_twice(
+        tmp_path: Path) -> None:
+    with watching(tmp_path, quiet_seconds=0.3) as (watcher, paths):
+        target = tmp_path / "read.csv"
+        target.write_text("scan_id\n1\n")
+        target.read_text()  # an indexer or a preview reads it
+        assert _collect(paths, 1.0, watcher) == [target]
+
+
+def test_moves_in_are_reported_at_once_from_anywhere(tmp_path: Path) -> None:
+    inbox, elsewhere = tmp_path / "inbox", tmp_path / "home"
+    (inbox / "profile-a").mkdir(parents=True)
+    (inbox / "profile-b").mkdir()
+    elsewhere.mkdir()
+    with watching(inbox, quiet_seconds=5) as (_, paths):  # no tick: events alone
+        (elsewhere / "ids.csv").write_text("scan_id\n1\n")
+        os.rename(elsewhere / "ids.csv", inbox / "ids.csv")  # mv ~/ids.csv inbox/
+        assert _collect(paths, 0.3) == [inbox / "ids.csv"]
+        (inbox / ".tmp").write_text("x")
+        _collect(paths, 0.1)
+        os.rename(inbox / ".tmp", inbox / "renamed.csv")
+        assert _collect(paths, 0.3) == [inbox / "renamed.csv"]
+        (inbox / "profile-a" / "p.csv").write_text("scan_id\n1\n")
+        _collect(paths, 0.1)
+        os.rename(inbox / "profile-a" / "p.csv", inbox / "profile-b" / "p.csv")
+        assert _collect(paths, 0.3) == [inbox / "profile-b" / "p.csv"]
+
+
+def test_a_name_that_cannot_be_a_request_waits_until_still(tmp_path: Path) -> None:
+    with watching(tmp_path, quiet_seconds=0.1, unknown_after_seconds=0.8) as (watcher, paths):
+        temp = tmp_path / "3A5C7E91"  # Excel's temporary, written in place
+        temp.write_bytes(b"PK\x03\x04 workbook")
+        assert _collect(paths, 0.5, watcher) == []
+        os.rename(temp, tmp_path / "book.xlsx")  # Excel's rename over the workbook
+        assert _collect(paths, 0.2, watcher) == [tmp_path / "book.xlsx"]
+        assert _collect(paths, 0.8, watcher) == [], "the temporary is gone: nothing to refuse"
+        (tmp_path / "notes.txt").write_text("scan_id\n1\n")  # a real stray file
+        assert _collect(paths, 0.5, watcher) == []
+        assert _collect(paths, 0.7, watcher) == [tmp_path / "notes.txt"]
+
+
+def test_a_hard_link_into_the_inbox_is_taken_after_the_quiet_period(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (tmp_path / "outside.csv").write_text("scan_id\n1\n")
+    with watching(inbox, quiet_seconds=0.3) as (watcher, paths):
+        os.link(tmp_path / "outside.csv", inbox / "linked.csv")  # IN_CREATE, nothing else
+        assert _collect(paths, 1.0, watcher) == [inbox / "linked.csv"]
 
 
 def test_dead_observer_is_restarted_and_sweeps(tmp_path: Path) -> None:
@@ -73,6 +145,18 @@ def test_stability_needs_two_equal_looks_and_settling(tmp_path: Path) -> None:
         f.write("1\n")
     assert stability.ready(listing()) == []  # changed: starts over
     assert stability.ready(listing()) == []
+
+
+def test_stability_refuses_other_names_only_once_still_long_enough(tmp_path: Path) -> None:
+    path = tmp_path / "3A5C7E91"
+    path.write_text("x")
+    listing = lambda: [(path, path.stat())]  # noqa: E731
+    stability = Stability(settle_seconds=0.1, unknown_after=0.6)
+    assert stability.ready(listing()) == []
+    time.sleep(0.2)
+    assert stability.ready(listing()) == [], "settled, but not still for unknown_after"
+    time.sleep(0.5)
+    assert stability.ready(listing()) == [path]
 
 
 @pytest.mark.slow

@@ -19,6 +19,12 @@ from pathlib import Path
 from openpyxl import Workbook
 
 IDS = list(range(1001, 1013))  # the demo scans
+# The two intake modes as the protocol tests run them: events with the rescan
+# practically off (every pickup is the event path), polling as on a share.
+MODES = {
+    "events": {"mode": "events", "rescan_interval": 3600},
+    "polling": {"mode": "polling", "poll_interval": 0.2, "settle_seconds": 0.5},
+}
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,10 @@ from pathlib import Path
 
 import pytest
 from helpers import DaemonProcess, listing, make_root, wait_settled
-from intake_writers import WRITERS, Expect, Place
+from intake_writers import MODES, WRITERS, Expect, Place
 
 QUIET = 1.0  # intake.quiet_seconds: the shipped default
 UNKNOWN_AFTER = 4.0  # intake.unknown_after_seconds: a piece would be refused after this
-MODES = {
-    "events": {"mode": "events", "rescan_interval": 3600},
-    "polling": {"mode": "polling", "poll_interval": 0.2, "settle_seconds": 0.5},
-}
 
 
 class Daemon:

@@ -28,6 +28,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from daemon.config import IntakeConfig
+from daemon.fsutil import is_ignored_name
 from daemon.intake.gate import Gate
 from daemon.intake.inbox import is_request_name, last_change, list_inbox
 
@@ -43,11 +44,17 @@ def _path(raw: bytes | str) -> Path:
 
 class _Report(FileSystemEventHandler):
     """Watchdog callbacks: each event to the gate, or a path onto the queue. Nothing
-    else: no parsing, no I/O."""
+    else: no parsing, no I/O. Ignored names (temporaries, our own claims) never get
+    here, but a rename from one to a request name does (as a move-in)."""
 
     def __init__(self, paths: PathQueue, gate: Gate) -> None:
         self._paths = paths
         self._gate = gate
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        name = os.path.basename(os.fsdecode(event.dest_path or event.src_path))
+        if not is_ignored_name(name):
+            super().dispatch(event)
 
     def on_opened(self, event: FileSystemEvent) -> None:
         self._gate.opened(_path(event.src_path), written=False)

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from helpers import DaemonProcess, drop, make_root, wait_settled
 
-from daemon.config import IntakeConfig
+from daemon.config import IntakeConfig, load_config
 from daemon.intake.watcher import InboxWatcher, Stability
+from daemon.status import collect
 
 
 def _collect(paths: queue.Queue[Path], seconds: float,
@@ -187,3 +188,36 @@ def test_files_present_at_start_and_missed_events_are_taken(tmp_path: Path) -> N
         assert wait_settled(root, ["early.csv"], timeout=20)["early.csv"][0] == "done"
         os.link(outside, root / "inbox" / "linked.csv")  # IN_CREATE only: the rescan finds it
         assert wait_settled(root, ["linked.csv"], timeout=20)["linked.csv"][0] == "done"
+
+
+@pytest.mark.slow
+def test_status_never_shows_a_request_waiting_longer_than_the_quiet_period(
+        tmp_path: Path) -> None:
+    """An idle daemon: a file moved in with a day-old mtime, one written in place, one
+    that cannot be a request. ``scanrelay status`` counts only the requests as waiting,
+    each for no longer than the quiet period (plus slack for a loaded machine)."""
+    quiet = 1.0
+    root = make_root(tmp_path, intake={"quiet_seconds": quiet, "rescan_interval": 3600,
+                                       "unknown_after_seconds": 30})
+    config = load_config(root / "config.yml")
+    outside = root / "home" / "old.csv"
+    outside.parent.mkdir()
+    outside.write_text("scan_id\n1001\n")
+    day_ago = time.time() - 86400
+    os.utime(outside, (day_ago, day_ago))
+    with DaemonProcess(root):
+        (root / "inbox" / "notes.txt").write_text("not a request")
+        os.rename(outside, root / "inbox" / "old.csv")
+        (root / "inbox" / "written.csv").write_text("scan_id\n1002\n")
+        ages, others = [], set()
+        deadline = time.monotonic() + 3 * quiet
+        while time.monotonic() < deadline:
+            inbox = collect(config)["inbox"]
+            others.add(inbox["not_requests"])
+            if inbox["waiting"]:
+                ages.append(inbox["oldest_age_seconds"])
+            time.sleep(0.05)
+        assert max(ages, default=0.0) <= quiet + 0.7, ages
+        assert collect(config)["inbox"]["waiting"] == 0
+        assert others == {1}, "notes.txt is not a waiting request, but is shown apart"
+        wait_settled(root, ["old.csv", "written.csv"], timeout=20)

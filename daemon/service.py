@@ -159,7 +159,7 @@ class Service:
             return  # gone (claimed already, or taken back by its owner)
         claimed = self.claimer.claim(path)
         if isinstance(claimed, NotYet):
-            logger.info("{} is busy ({}); looking again shortly",
+            logger.debug("{} is busy ({}); looking again shortly",
                         path.relative_to(self.layout.inbox), claimed.reason)
             self.watcher.later(path)
         elif claimed is not None:

@@ -154,7 +154,9 @@ class Claimer:
 
     def repair(self) -> int:
         """At start: finish the claims a crash cut off between decide and publish (a
-        private name left in the inbox). Returns how many it finished."""
+        private name left in the inbox). Returns how many it finished. It assumes no
+        other claimer is mid-claim on this inbox (one daemon per root; cluster mode
+        must limit it to this host's claims)."""
         finished = 0
         for folder in [self.layout.inbox, *_subfolders(self.layout.inbox)]:
             for private in folder.glob(PRIVATE_PREFIX + "*"):

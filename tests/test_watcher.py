@@ -14,6 +14,7 @@ import pytest
 from helpers import DaemonProcess, drop, make_root, wait_settled
 
 from daemon.config import IntakeConfig, load_config
+from daemon.intake.gate import Gate
 from daemon.intake.watcher import InboxWatcher, Stability
 from daemon.status import collect
 
@@ -221,3 +222,35 @@ def test_status_never_shows_a_request_waiting_longer_than_the_quiet_period(
         assert collect(config)["inbox"]["waiting"] == 0
         assert others == {1}, "notes.txt is not a waiting request, but is shown apart"
         wait_settled(root, ["old.csv", "written.csv"], timeout=20)
+
+
+def test_gate_holds_open_files_and_restarts_the_quiet_period(tmp_path: Path) -> None:
+    gate = Gate(IntakeConfig(quiet_seconds=0.2, unknown_after_seconds=0.5))
+    path = tmp_path / "a.csv"
+    gate.created(path)
+    gate.opened(path, written=True)
+    time.sleep(0.3)
+    assert gate.due() == [] and gate.tracked(path), "open: never due, however long"
+    gate.opened(path, written=False)  # a reader opens it too ...
+    gate.closed(path, written=False)  # ... and closes: the writer still has it open
+    time.sleep(0.3)
+    assert gate.due() == []
+    assert gate.closed(path, written=True) is False  # due after the quiet period
+    assert gate.due() == []
+    time.sleep(0.25)
+    assert [p for p, _ in gate.due()] == [path]
+    assert not gate.tracked(path) and gate.next_due_in() is None
+
+
+def test_gate_without_quiet_period_takes_a_close_at_once_but_not_other_names(
+        tmp_path: Path) -> None:
+    gate = Gate(IntakeConfig(quiet_seconds=0, unknown_after_seconds=0.3))
+    gate.opened(tmp_path / "a.csv", written=True)
+    assert gate.closed(tmp_path / "a.csv", written=True) is True
+    gate.opened(tmp_path / "4913", written=True)
+    assert gate.closed(tmp_path / "4913", written=True) is False
+    gate.gone(tmp_path / "4913")  # vim deletes its probe at once
+    assert gate.moved_in(tmp_path / "b.xlsx") is True
+    assert gate.moved_in(tmp_path / "3A5C7E91") is False
+    time.sleep(0.35)
+    assert [p for p, _ in gate.due()] == [tmp_path / "3A5C7E91"]

@@ -14,6 +14,7 @@ import fcntl
 import os
 import queue
 import signal
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -139,24 +140,26 @@ class Service:
     def _intake(self, path: Path) -> None:
         inbox = self.layout.inbox
         if not is_candidate(path, inbox):
-            if path.parent == inbox and path.is_dir() and not path.is_symlink():
-                for child in sorted(path.iterdir()):  # a profile folder moved in whole
-                    self.pending.setdefault(child)
             return
         try:
-            self._take(path)
-        except OSError as exc:  # e.g. the file vanished mid-way: never stop the daemon
+            info = path.lstat()  # the one stat a request costs before its claim
+            if path.parent == inbox and stat.S_ISDIR(info.st_mode):
+                for child in sorted(path.iterdir()):  # a profile folder moved in whole
+                    self.pending.setdefault(child)
+                return
+            self._take(path, info)
+        except FileNotFoundError:
+            return  # gone (claimed already, or taken back by its owner)
+        except OSError as exc:  # never stop the daemon
             logger.warning("could not take {}: {}", path.relative_to(inbox), exc)
 
-    def _take(self, path: Path) -> None:
+    def _take(self, path: Path, info: os.stat_result) -> None:
         """Refuse what cannot be a request; claim and queue what can."""
         reason = refusal(path, self.layout.inbox, self.profiles,
-                         self.config.limits.max_request_bytes)
+                         self.config.limits.max_request_bytes, info)
         if reason is not None:
             refuse(path, self.layout, self.ledger, reason, new_claim_id())
             return
-        if not (path.exists() or path.is_symlink()):
-            return  # gone (claimed already, or taken back by its owner)
         claimed = self.claimer.claim(path)
         if isinstance(claimed, NotYet):
             logger.debug("{} is busy ({}); looking again shortly",

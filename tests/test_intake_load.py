@@ -21,6 +21,14 @@ INVALID_EVERY = 10  # every 10th request is invalid (a non-numeric ID)
 CLAIM_WITHIN = 10.0  # seconds from the last move until the last file is claimed
 
 
+def claim_bound() -> float:
+    """``CLAIM_WITHIN`` on a machine with spare CPU; on a shared one whose load per
+    CPU is above 4 (other suites running), stretched by that factor: the claims need
+    CPU, and a miss of the event path would never be claimed at all (rescan off)."""
+    per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return CLAIM_WITHIN * max(1.0, per_cpu / 4)
+
+
 def _write_all(outgoing: Path) -> list[str]:
     """Write every request into a folder beside the inbox first, so the burst below is
     nothing but renames."""
@@ -51,10 +59,13 @@ def test_thousand_requests_each_settle_exactly_once(tmp_path: Path) -> None:
     (root / "inbox").mkdir(exist_ok=True)
     names = _write_all(root / "outgoing")
     with DaemonProcess(root) as daemon:
+        bound = claim_bound()
         for name in names:
             os.rename(root / "outgoing" / name, root / "inbox" / name)
         claimed_after = _seconds_until_claimed(root / "inbox")
-        assert claimed_after <= CLAIM_WITHIN, f"last claimed {claimed_after:.1f} s after the move"
+        print(f"1,000 moved in: last claimed {claimed_after:.2f} s after the last move "
+              f"(bound {bound:.1f} s at load average {os.getloadavg()[0]:.1f})")
+        assert claimed_after <= bound, f"last claimed {claimed_after:.1f} s after the move"
         results = wait_settled(root, names, timeout=240)
         assert daemon.alive()
 

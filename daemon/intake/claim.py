@@ -62,10 +62,12 @@ def profile_of(path: Path, inbox: Path) -> str | None:
     return rel.parts[0] if len(rel.parts) == 2 else None
 
 
-def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int) -> str | None:
-    """Why ``path`` cannot be a request (it then goes to ``failed/``), or None."""
+def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int,
+            info: os.stat_result | None = None) -> str | None:
+    """Why ``path`` cannot be a request (it then goes to ``failed/``), or None.
+    ``info``: its ``lstat`` if the caller has it (one call less per request)."""
     try:
-        info = path.lstat()
+        info = info or path.lstat()
     except FileNotFoundError:
         return None  # gone meanwhile: nothing to refuse
     if len(path.relative_to(inbox).parts) > 2:
@@ -85,17 +87,15 @@ def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int) -> str 
 
 
 def is_candidate(path: Path, inbox: Path) -> bool:
-    """A name the intake looks at: not ignored, and not a profile folder itself."""
+    """A name the intake looks at: not ignored, and inside the inbox. (A directory
+    directly in the inbox is a profile folder, not a request: the caller, which has
+    its ``lstat``, tells.)"""
     if is_ignored_name(path.name):
         return False
     try:
-        rel = path.relative_to(inbox)
+        return bool(path.relative_to(inbox).parts)
     except ValueError:
         return False
-    if not rel.parts:
-        return False
-    # A directory directly in the inbox is a profile folder, not a request.
-    return not (len(rel.parts) == 1 and path.is_dir() and not path.is_symlink())
 
 
 def inbox_path(claimed: Claimed, layout: Layout) -> Path:

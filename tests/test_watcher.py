@@ -187,7 +187,7 @@ def test_files_present_at_start_and_missed_events_are_taken(tmp_path: Path) -> N
     outside.write_text("scan_id\n1002\n")
     with DaemonProcess(root):
         assert wait_settled(root, ["early.csv"], timeout=20)["early.csv"][0] == "done"
-        os.link(outside, root / "inbox" / "linked.csv")  # IN_CREATE only: the rescan finds it
+        os.link(outside, root / "inbox" / "linked.csv")  # IN_CREATE only: taken once quiet
         assert wait_settled(root, ["linked.csv"], timeout=20)["linked.csv"][0] == "done"
 
 

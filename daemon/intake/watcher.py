@@ -35,7 +35,7 @@ from daemon.intake.inbox import is_request_name, last_change, list_inbox
 PathQueue = queue.Queue[Path]
 BUSY_RETRY = 1.0  # seconds before a file the claim found busy is looked at again
 
-__all__ = ["BUSY_RETRY", "InboxWatcher", "PathQueue", "Stability", "list_inbox"]
+__all__ = ["BUSY_RETRY", "InboxWatcher", "PathQueue", "Stability"]
 
 
 def _path(raw: bytes | str) -> Path:

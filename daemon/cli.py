@@ -261,7 +261,8 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
                   + (f" (pid {daemon['pid']})" if daemon.get("pid") else ""))
     inbox = data["inbox"]
     age = f", oldest {inbox['oldest_age_seconds']} s" if inbox["oldest_age_seconds"] else ""
-    console.print(f"inbox: {inbox['waiting']} waiting{age}")
+    others = f", {inbox['not_requests']} not requests" if inbox.get("not_requests") else ""
+    console.print(f"inbox: {inbox['waiting']} waiting{age}{others}")
     for instance in daemon.get("instances", []):
         if not instance["available"]:
             console.print(f"  down: {instance['reason']}", markup=False)

@@ -96,6 +96,12 @@ class IntakeConfig(Model):
     poll_interval: float = Field(default=1.0, gt=0, le=300)
     settle_seconds: float = Field(default=2.0, ge=0, le=3600)
     rescan_interval: float = Field(default=30.0, gt=0, le=3600)
+    # A file written in place is taken this long after its writer's last close, if
+    # nothing touched it since (so `>` then `>>` is one request); 0: at the close.
+    quiet_seconds: float = Field(default=1.0, ge=0, le=300)
+    # A name that cannot be a request (not .json/.csv/.xlsx) is refused only once it
+    # has been still this long: it may be a piece of a save (Excel's 8-hex temporary).
+    unknown_after_seconds: float = Field(default=60.0, ge=0, le=86400)
 
 
 class LimitsConfig(Model):

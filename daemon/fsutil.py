@@ -13,12 +13,17 @@ from typing import IO, Any
 # Read once at import (single-threaded then): os.umask can only be read by setting it.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# The temporaries of the programs that write into shared folders (README "Request
+# files" names each): hidden names (rsync's `.name.XXXXXX`, LibreOffice's
+# `.~lock.name#`, vim's `.name.swp`, our own claims), Office owner files `~$name`,
+# LibreOffice's `lu*.tmp` and other `.tmp`, downloads in progress, editor backups `name~`.
 IGNORED_PREFIXES = (".", "~$")
-IGNORED_SUFFIXES = (".tmp", ".part", ".swp", ".crdownload")
+IGNORED_SUFFIXES = (".tmp", ".part", ".swp", ".crdownload", "~")
 
 
 def is_ignored_name(name: str) -> bool:
-    """SPEC §3: hidden, Office lock and partial-download names are never requests."""
+    """SPEC §3: hidden, Office lock, temporary, partial-download and backup names are
+    never requests."""
     return name.startswith(IGNORED_PREFIXES) or name.lower().endswith(IGNORED_SUFFIXES)
 
 

@@ -14,6 +14,7 @@ import fcntl
 import os
 import queue
 import signal
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -28,8 +29,10 @@ from daemon.config import Config
 from daemon.errors import FatalError
 from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
-from daemon.intake.claim import Claimed, claim, is_candidate, new_claim_id, pending_claims, refusal
-from daemon.intake.watcher import InboxWatcher, PathQueue, list_inbox
+from daemon.intake.claim import Claimed, is_candidate, new_claim_id, pending_claims, refusal
+from daemon.intake.claimer import Claimer, NotYet
+from daemon.intake.inbox import waiting
+from daemon.intake.watcher import InboxWatcher, PathQueue
 from daemon.layout import Layout
 from daemon.ledger import LEDGER_FILE, Ledger
 from daemon.notify import Notifier
@@ -53,6 +56,7 @@ class Service:
         self.runner = Runner(config, self.layout, self.ledger, self.instances, self.stop)
         self.paths: PathQueue = queue.Queue()
         self.watcher = InboxWatcher(self.layout.inbox, self.paths, config.intake)
+        self.claimer = Claimer(self.layout)
         self.pending: OrderedDict[Path, None] = OrderedDict()
         self.in_flight: dict[Future[RunStatus], Claimed] = {}
         self.pool = ThreadPoolExecutor(config.runs.max_parallel, thread_name_prefix="run")
@@ -72,6 +76,7 @@ class Service:
         if handle_signals:
             self._install_signals()
         retry.STOPPING.clear()
+        self.claimer.repair()  # claims a crash cut off half-way, before the resumes
         resumes = pending_claims(self.layout)
         if resumes:
             logger.info("resuming {} request(s) left in processing/", len(resumes))
@@ -105,8 +110,10 @@ class Service:
     def _loop(self) -> None:
         last_ping = last_prune = 0.0
         while not self.stop.is_set():
-            self._drain(TICK)
+            self._drain(self.watcher.next_due_in(TICK))
             self.watcher.tick()
+            for claimed in self.claimer.retry_unpublished():
+                self._submit(claimed)
             self._reap()
             self._dispatch()
             now = time.monotonic()
@@ -133,26 +140,32 @@ class Service:
     def _intake(self, path: Path) -> None:
         inbox = self.layout.inbox
         if not is_candidate(path, inbox):
-            if path.parent == inbox and path.is_dir() and not path.is_symlink():
-                for child in sorted(path.iterdir()):  # a profile folder moved in whole
-                    self.pending.setdefault(child)
             return
         try:
-            self._take(path)
-        except OSError as exc:  # e.g. the file vanished mid-way: never stop the daemon
+            info = path.lstat()  # the one stat a request costs before its claim
+            if path.parent == inbox and stat.S_ISDIR(info.st_mode):
+                for child in sorted(path.iterdir()):  # a profile folder moved in whole
+                    self.pending.setdefault(child)
+                return
+            self._take(path, info)
+        except FileNotFoundError:
+            return  # gone (claimed already, or taken back by its owner)
+        except OSError as exc:  # never stop the daemon
             logger.warning("could not take {}: {}", path.relative_to(inbox), exc)
 
-    def _take(self, path: Path) -> None:
+    def _take(self, path: Path, info: os.stat_result) -> None:
         """Refuse what cannot be a request; claim and queue what can."""
         reason = refusal(path, self.layout.inbox, self.profiles,
-                         self.config.limits.max_request_bytes)
+                         self.config.limits.max_request_bytes, info)
         if reason is not None:
             refuse(path, self.layout, self.ledger, reason, new_claim_id())
             return
-        if not (path.exists() or path.is_symlink()):
-            return  # gone (claimed already, or taken back by its owner)
-        claimed = claim(path, self.layout)
-        if claimed is not None:
+        claimed = self.claimer.claim(path)
+        if isinstance(claimed, NotYet):
+            logger.debug("{} is busy ({}); looking again shortly",
+                        path.relative_to(self.layout.inbox), claimed.reason)
+            self.watcher.later(path)
+        elif claimed is not None:
             logger.bind(run=claimed.claim_id).info("claimed {}",
                                                    path.relative_to(self.layout.inbox))
             self._submit(claimed)
@@ -177,9 +190,8 @@ class Service:
             "instances": [h.as_dict() for h in health]},
             durable=False)  # rewritten every second: no fsync, a crash loses nothing of use
         if self.config.metrics.listen:
-            waiting = [st.st_mtime for _, st in list_inbox(self.layout.inbox)]
-            oldest = time.time() - min(waiting) if waiting else 0.0
-            metrics.set_queue(len(waiting), oldest, len(self.in_flight))
+            inbox = waiting(self.layout.inbox, time.time())
+            metrics.set_queue(inbox.requests, inbox.oldest_age or 0.0, len(self.in_flight))
             metrics.set_instances(health)
         if self.watcher.alive():
             self.notifier.send("WATCHDOG=1", self._status_line())

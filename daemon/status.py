@@ -16,7 +16,7 @@ from typing import Any
 from daemon.config import Config
 from daemon.health import instance_health
 from daemon.intake.claim import pending_claims, profile_of
-from daemon.intake.watcher import list_inbox
+from daemon.intake.inbox import is_request_name, last_change, list_inbox
 from daemon.layout import Layout
 from daemon.ledger import read_ledger
 from daemon.runstate import RunState
@@ -45,7 +45,7 @@ def collect(config: Config) -> dict[str, Any]:
         "daemon": daemon,
         "inbox": {"waiting": len(queue),
                   "oldest_age_seconds": max(q["age_seconds"] for q in queue) if queue else None,
-                  "queue": queue[:QUEUE_SHOWN]},
+                  "queue": queue[:QUEUE_SHOWN], "not_requests": not_requests(layout)},
         "in_flight": in_flight,
         "last_results": _last_results(layout),
         "schedules": next_schedules(config),
@@ -55,11 +55,19 @@ def collect(config: Config) -> dict[str, Any]:
 
 
 def inbox_queue(layout: Layout, now: float) -> list[dict[str, Any]]:
-    """Requests waiting in the inbox, oldest first: name, profile, age."""
-    waiting = sorted(((p, st) for p, st in list_inbox(layout.inbox) if p.is_file()),
-                     key=lambda item: item[1].st_mtime)
+    """Requests waiting in the inbox, oldest first: name, profile, and age since they
+    arrived or last changed (a file moved in keeps its old mtime). Other names are not
+    requests (yet): ``not_requests`` counts them."""
+    waiting = sorted(((p, st) for p, st in list_inbox(layout.inbox)
+                      if is_request_name(p.name) and p.is_file()),
+                     key=lambda item: last_change(item[1]))
     return [{"name": p.name, "profile": profile_of(p, layout.inbox),
-             "age_seconds": round(now - st.st_mtime, 1)} for p, st in waiting]
+             "age_seconds": round(now - last_change(st), 1)} for p, st in waiting]
+
+
+def not_requests(layout: Layout) -> int:
+    """Files in the inbox whose names cannot be requests (refused once still)."""
+    return sum(1 for p, _ in list_inbox(layout.inbox) if not is_request_name(p.name))
 
 
 def _daemon(layout: Layout, now: float) -> dict[str, Any]:

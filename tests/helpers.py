@@ -53,9 +53,10 @@ BASE_CONFIG: dict[str, Any] = {
     },
     "runs": {"max_parallel": 2},
     # Fast for tests: rescans (which catch what events miss: directories, symlinks)
-    # every 0.3 s, a file counts as settled 0.5 s after its last change.
+    # every 0.3 s, a file counts as settled 0.5 s after its last change, a file
+    # written in place is taken 0.2 s after its close, another name refused after 1 s.
     "intake": {"mode": "events", "rescan_interval": 0.3, "settle_seconds": 0.5,
-               "poll_interval": 0.2},
+               "poll_interval": 0.2, "quiet_seconds": 0.2, "unknown_after_seconds": 1.0},
     "copy": {"wait_for_processing": 5, "poll_interval": 0.2},
     "log": {"json": False, "level": "DEBUG"},
 }

@@ -1,8 +1,8 @@
-"""Checking and claiming request files.
+"""Checking request files, and what a claim is.
 
-A request is claimed by one atomic rename from ``inbox/`` into ``processing/``; only one
-rename can win, so no request runs twice. The claimed name carries what a restart
-needs to resume it: ``<stamp>-<hex>+<profile or ->+<original name>``.
+A request is claimed from ``inbox/`` into ``processing/`` so that only one claimer wins
+(``daemon.intake.claimer``); no request runs twice. The claimed name carries what a
+restart needs to resume it: ``<stamp>-<hex>+<profile or ->+<original name>``.
 """
 
 from __future__ import annotations
@@ -62,10 +62,12 @@ def profile_of(path: Path, inbox: Path) -> str | None:
     return rel.parts[0] if len(rel.parts) == 2 else None
 
 
-def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int) -> str | None:
-    """Why ``path`` cannot be a request (it then goes to ``failed/``), or None."""
+def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int,
+            info: os.stat_result | None = None) -> str | None:
+    """Why ``path`` cannot be a request (it then goes to ``failed/``), or None.
+    ``info``: its ``lstat`` if the caller has it (one call less per request)."""
     try:
-        info = path.lstat()
+        info = info or path.lstat()
     except FileNotFoundError:
         return None  # gone meanwhile: nothing to refuse
     if len(path.relative_to(inbox).parts) > 2:
@@ -85,46 +87,15 @@ def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int) -> str 
 
 
 def is_candidate(path: Path, inbox: Path) -> bool:
-    """A name the intake looks at: not ignored, and not a profile folder itself."""
+    """A name the intake looks at: not ignored, and inside the inbox. (A directory
+    directly in the inbox is a profile folder, not a request: the caller, which has
+    its ``lstat``, tells.)"""
     if is_ignored_name(path.name):
         return False
     try:
-        rel = path.relative_to(inbox)
+        return bool(path.relative_to(inbox).parts)
     except ValueError:
         return False
-    if not rel.parts:
-        return False
-    # A directory directly in the inbox is a profile folder, not a request.
-    return not (len(rel.parts) == 1 and path.is_dir() and not path.is_symlink())
-
-
-def claim(path: Path, layout: Layout) -> Claimed | None:
-    """Move ``path`` into ``processing/``; None if someone else took it first.
-
-    A hard link plus an unlink, not a rename: a rename out of a watched folder is an
-    unpaired IN_MOVED_FROM, which watchdog holds back 0.5 s hoping to pair it, and
-    every event behind it waits too. Exactly one claimer's unlink of the inbox name
-    succeeds; a loser removes its own link. A crash between the two steps leaves both
-    names, which ``pending_claims`` repairs at start."""
-    profile = profile_of(path, layout.inbox)
-    claim_id = new_claim_id()
-    dest = layout.processing / f"{claim_id}+{profile or NO_PROFILE}+{path.name}"
-    try:
-        os.link(path, dest, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    except OSError:  # no hard links here (some shares): a rename is atomic too
-        try:
-            os.rename(path, dest)
-        except FileNotFoundError:
-            return None
-        return Claimed(dest, claim_id, profile, path.name)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        dest.unlink()  # another claimer won
-        return None
-    return Claimed(dest, claim_id, profile, path.name)
 
 
 def inbox_path(claimed: Claimed, layout: Layout) -> Path:
@@ -133,9 +104,10 @@ def inbox_path(claimed: Claimed, layout: Layout) -> Path:
 
 
 def pending_claims(layout: Layout, *, repair: bool = True) -> list[Claimed]:
-    """Requests in ``processing/``, oldest first. At start (``repair``), a claim that
-    crashed between link and unlink still has its inbox name: that name is removed, so
-    the request is resumed once and not claimed again."""
+    """Requests in ``processing/``, oldest first. At start (``repair``), a claim made by
+    an older scanrelay (a link, then an unlink of the inbox name) that crashed between
+    the two still has its inbox name: that name is removed, so the request is resumed
+    once and not claimed again."""
     found = (Claimed.from_path(p) for p in layout.processing.iterdir()
              if not is_ignored_name(p.name))
     claims = sorted((c for c in found if c is not None), key=lambda c: c.claim_id)

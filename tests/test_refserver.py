@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from daemon.sandbox import (
     SeedResult,
     comment_for,
 )
-from daemon.sandbox.processing import choose_outcome
+from daemon.sandbox.processing import choose_outcome, scan_date
 
 LOGIN = "/api/v4/token-auth/"
 UPLOAD = "/api/v4/processing/upload/"
@@ -360,11 +361,24 @@ def test_create_rejects_bad_payloads(client: Client, seeded: SeedResult) -> None
         ({**good, "files": [999999]}, "files"),
         ({**good, "files": []}, "files"),
         ({**good, "captured_at": "yesterday"}, "captured_at"),
+        ({**good, "captured_at": True}, "captured_at"),
     ]
     for payload, field_name in cases:
         answer = client.create(payload)
         assert answer.status_code == 400 and field_name in answer.json(), answer.text
     assert client.create(good).status_code == 201
+
+
+def test_create_accepts_epoch_seconds_as_the_old_scripts_sent(
+    client: Client, seeded: SeedResult
+) -> None:
+    upload_id = client.upload(b"bytes").json()["id"]
+    epoch = 1754049600  # 2025-08-01T12:00:00Z
+    payload = {"store": seeded.store_ids[0], "files": [upload_id], "captured_at": epoch}
+    answer = client.create(payload)
+    assert answer.status_code == 201, answer.text
+    assert raw_data(client.srv, answer.json()["id"])["captured_at"] == epoch
+    assert scan_date(payload) == datetime(2025, 8, 1, 12, tzinfo=UTC)
 
 
 # processing and recognition --------------------------------------------------------

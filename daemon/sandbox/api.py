@@ -12,7 +12,6 @@ import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -20,7 +19,7 @@ from psycopg_pool import ConnectionPool
 from . import db
 from .blobs import BlobStore, FileRecord, UploadSink, UrlSigner, decode_header, header_segment
 from .faults import Endpoint, Faults, Gate, Stats
-from .model import ReceivedCreate, Recognition, RecordedRequest, ScanTruth
+from .model import ReceivedCreate, Recognition, RecordedRequest, ScanTruth, parse_captured_at
 from .multipart import FormData
 from .processing import Processor, choose_outcome, is_mapped
 
@@ -209,10 +208,8 @@ def validate_create(payload: Any) -> dict[str, list[str]]:
         or not all(isinstance(f, int) and not isinstance(f, bool) for f in files)
     ):
         errors["files"] = ["A non-empty list of upload IDs is required."]
-    try:
-        datetime.fromisoformat(str(payload.get("captured_at")))
-    except ValueError:
-        errors["captured_at"] = ["Datetime has wrong format. Use ISO 8601."]
+    if parse_captured_at(payload.get("captured_at")) is None:
+        errors["captured_at"] = ["Datetime has wrong format. Use ISO 8601 or epoch seconds."]
     return errors
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -321,3 +322,19 @@ class RecordedRequest:
     def has_authorization(self) -> bool:
         """True when an Authorization header (any case) arrived."""
         return any(k.lower() == "authorization" for k in self.headers)
+
+
+def parse_captured_at(value: Any) -> datetime | None:
+    """A create payload's ``captured_at``: integer epoch seconds (what the old scripts
+    sent) or ISO 8601 (UTC when naive), as SPEC §8 says the platform accepts; None if
+    it is neither."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

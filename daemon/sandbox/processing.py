@@ -25,7 +25,15 @@ from psycopg_pool import ConnectionPool
 
 from . import catalogue, db
 from .db import Conn
-from .model import AUTO_OUTCOMES, AppliedReport, Outcome, Recognition, ReportValues, ScanTruth
+from .model import (
+    AUTO_OUTCOMES,
+    AppliedReport,
+    Outcome,
+    Recognition,
+    ReportValues,
+    ScanTruth,
+    parse_captured_at,
+)
 from .seed import random_values
 
 DEFAULT_WEIGHTS: dict[Outcome, float] = {
@@ -209,11 +217,7 @@ def _store_planogram(conn: Conn, rec: Recognition, target: Target,
 
 def scan_date(payload: dict[str, Any]) -> datetime:
     """The capture time of a payload (UTC when naive), else now."""
-    try:
-        when = datetime.fromisoformat(str(payload.get("captured_at")))
-    except ValueError:
-        return datetime.now(UTC)
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return parse_captured_at(payload.get("captured_at")) or datetime.now(UTC)
 
 
 def _targets(conn: Conn, rec: Recognition, seed: int) -> list[Target]:

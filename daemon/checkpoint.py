@@ -1,7 +1,8 @@
 """A run's checkpoint: ``checkpoint.jsonl`` in its run folder.
 
 An append-only journal: each finished step is one JSON line, written with a single
-``write`` and fsynced before the step counts as done. A crash can only tear the last
+``write`` and fsynced before the step counts as done (threads recording at once share
+one fsync). A crash can only tear the last
 line, which loading ignores; so every record is all-or-nothing, and a resumed run
 redoes exactly the steps whose record is missing. The latest record of a key wins.
 """
@@ -23,7 +24,9 @@ class Checkpoint:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / FILE_NAME
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the file position and the records
+        self._sync_lock = threading.Lock()  # one fsync at a time; taken before _lock
+        self._written = self._synced = 0  # lines written by this process / known on disk
         self._records = self._load()
         self._file = self.path.open("ab")
         if self._file.tell() and not self._ends_with_newline():
@@ -65,8 +68,23 @@ class Checkpoint:
         with self._lock:
             self._file.write(line)
             self._file.flush()
-            os.fsync(self._file.fileno())
+            self._written += 1
+            mine = self._written
+        self._sync(mine)
+        with self._lock:
             self._records[key] = record
+
+    def _sync(self, line: int) -> None:
+        """Return once the ``line``-th line written is on disk. Group commit: one fsync
+        covers every line written before it started, so threads recording at once share
+        it instead of queueing for one fsync each (a few ms apiece on a busy disk)."""
+        with self._sync_lock:
+            if self._synced >= line:
+                return  # another thread's fsync covered it
+            with self._lock:
+                upto = self._written
+            os.fsync(self._file.fileno())
+            self._synced = upto
 
     def _ends_with_newline(self) -> bool:
         with self.path.open("rb") as f:
@@ -74,5 +92,5 @@ class Checkpoint:
             return f.read(1) == b"\n"
 
     def close(self) -> None:
-        with self._lock:
+        with self._sync_lock, self._lock:
             self._file.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -253,6 +254,42 @@ def test_concurrent_records_are_whole_lines(tmp_path: Path) -> None:
     again = Checkpoint(tmp_path)
     assert len(again.records()) == 400
     again.close()
+
+
+def test_concurrent_records_share_fsyncs_and_each_returns_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: a slow disk is not paid once per record, and no ``record`` returns
+    before an fsync that started after its line was written."""
+    synced = {"calls": 0, "bytes": 0}
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        size = os.fstat(fd).st_size  # what this fsync is sure to cover
+        time.sleep(0.01)
+        real_fsync(fd)
+        synced["calls"] += 1
+        synced["bytes"] = max(synced["bytes"], size)
+
+    monkeypatch.setattr("daemon.checkpoint.os.fsync", slow_fsync)
+    cp = Checkpoint(tmp_path)
+    late: list[str] = []
+
+    def work(t: int) -> None:
+        for i in range(20):
+            cp.record(f"t{t}:{i}")
+            end = (tmp_path / FILE_NAME).read_bytes().index(f'"t{t}:{i}"'.encode()) + 1
+            if synced["bytes"] < end:
+                late.append(f"t{t}:{i}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cp.close()
+    assert not late
+    assert len(Checkpoint(tmp_path).records()) == 160
+    assert synced["calls"] < 120  # one per record without group commit; ~40-90 with it
 
 
 # --- naming ------------------------------------------------------------------------------

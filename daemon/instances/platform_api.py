@@ -27,6 +27,7 @@ from requests_toolbelt import MultipartEncoder
 
 from daemon.errors import FatalError, PermanentError
 from daemon.instances.base import FetchedFile, FileRef
+from daemon.instances.sessions import EnvOnceSession
 from daemon.redact import redact, register_secret
 from daemon.retry import (
     NOT_PROCESSED_CAUSES,
@@ -90,7 +91,7 @@ class _NoAuth(AuthBase):
 
 
 def _session(max_connections: int, hosts: int) -> requests.Session:
-    session = requests.Session()
+    session = EnvOnceSession()
     # Retries are ours (daemon.retry), never urllib3's: max_retries=0.
     adapter = HTTPAdapter(pool_connections=hosts, pool_maxsize=max_connections,
                           max_retries=0)

@@ -1,31 +1,33 @@
-"""Copy throughput and memory: ``copy`` prod → qa between two reference servers, against
-the servers' ideal rate and against the old scripts' way (``copy_baseline.py``), side
-by side in one run.
+"""Copy throughput: ours against the target's measured ceiling and against the old
+workflow, side by side in one run, without faults and under faults.
 
-Both reference servers (``daemon/sandbox``, each on a fresh PostgreSQL database that
-is dropped at the end) get the same capacity and latency (``set_limits``): at most
-``--capacity`` requests served at once per listener, each taking ``--latency`` s. A
-scan with F files costs F metadata calls (source API), F downloads (source blob host)
-and F uploads + 1 create (target API), so the busiest listener is the target API and
+Two reference servers (``daemon/sandbox``, each on a fresh PostgreSQL database dropped
+at the end): prod holds ``--scans`` scans of ``--files`` files; qa is the target. Every
+listener (both APIs, both blob hosts) serves at most ``--capacity`` calls at once, each
+``--latency`` s (``set_limits``). A scan costs its F uploads and 1 create on qa's API,
+the busiest listener. qa never processes the copies during the benchmark (processing
+delay 1 h), so every run meets the same idle server. Per condition (no faults, then
+``--faults`` of every transient kind on file metadata, file bytes, uploads and creates
+of both servers; a stall holds its server slot ``--stall`` s), each in a child process
+of its own, each into a target store of its own:
 
-    ideal scans/s = capacity / (latency x (F + 1))
+* ``ceiling``: ``copy_ceiling.py``, an ideal client doing only each scan's uploads and
+  create from bytes prebuilt in memory, resending failures at once: what qa can take.
+  Measured before and after the others; their mean is the ceiling.
+* ``ours``: ``python -m daemon once`` on a copy request in a fresh daemon root (runner,
+  pipeline, checkpoint fsyncs, copy ledger, mapping), timed by its own ``run.json``.
+* ``old``: ``copy_baseline.py``, a faithful model of the old workflow's last copy
+  script (batches of 10 with barriers, 20/20/15 threads, retries of 502/503 only).
 
-Each copy runs in a fresh process whose peak RSS comes from ``wait4``:
+Every copy is checked on qa, scan by scan (the files carry their source scan): a source
+scan is ``complete`` when a target scan has all its files, ``lost`` otherwise;
+``incomplete`` counts target scans missing files and ``duplicates`` extra target scans.
+Rates count complete scans only.
 
-* ``ours``: ``python -m daemon once`` on a copy request in a fresh daemon root (the
-  whole daemon path: runner, pipeline, checkpoint fsyncs, ledger, mapping), for each
-  of ``--scans``; its rate is scans / the run's own time (``run.json``: started →
-  finished), so process start-up is left out, as it is for the baseline;
-* ``old``: ``copy_baseline.py`` with one call at a time per stage, as the old scripts
-  ran; ``old xN``: the same with a pool of N per stage (barriers kept), a generous
-  baseline. Both on the first ``--baseline-scans`` scans.
+    .venv/bin/python bench/copy_throughput.py [--scans 300] [--faults 0.05]
 
-Every copy is checked: as many new target scans as source scans, each with its files.
-
-    .venv/bin/python bench/copy_throughput.py [--scans 100,500,2000] [--baseline-scans 50]
-
-Goals: ours ≥ 0.85 x ideal; ours ≥ 4 x old; peak RSS flat from 100 to 2,000 scans
-(within 10 MB).
+Goals: ours ≥ 0.9 x ceiling without faults, ≥ 0.85 x ceiling under 5 % faults; every
+scan complete exactly once.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,50 +53,150 @@ for folder in (REPO, REPO / "tests"):  # `daemon` (with its sandbox platform) an
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-IDEAL_GOAL = 0.85
-OLD_GOAL = 4.0
-FLAT_MB = 10.0
+GOALS = {False: 0.90, True: 0.85}  # ours / ceiling, by "under faults"
 PASSWORD_ENV = "SCANRELAY_BENCH_API_PASSWORD"
 DB_PASSWORD_ENV = "SCANRELAY_BENCH_DB_PASSWORD"
+FAULTY = ("file", "blob", "upload", "create")  # a failed login ends the old script at once
+
+
+@dataclass(frozen=True)
+class Check:
+    """What qa holds for one run, scan by scan."""
+
+    complete: int
+    lost: int
+    incomplete: int
+    duplicates: int
 
 
 @dataclass(frozen=True)
 class Row:
+    faults: float
     name: str
-    scans: int
     seconds: float
+    check: Check
     maxrss_mb: float
+    cpu_s: float
+    note: str = ""
 
     @property
     def rate(self) -> float:
-        return self.scans / self.seconds
+        return self.check.complete / self.seconds
 
 
-def run_measured(argv: list[str], env: dict[str, str]) -> tuple[str, int, float]:
-    """Run ``argv`` to the end: (stdout, exit code, its own peak RSS in MB)."""
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    prod: Any
+    qa: Any
+    ids: list[int]
+    wanted: dict[int, int]  # files per source scan
+    stores: list[int]
+    base: Path
+    rows: list[Row] = field(default_factory=list)
+
+    def store(self) -> int:
+        return self.stores.pop(0)
+
+
+def run_measured(argv: list[str], env: dict[str, str]) -> tuple[str, int, float, float]:
+    """Run ``argv`` to the end: (stdout, exit code, its own peak RSS in MB, CPU s)."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO, text=True)
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.stdout.close()
-    return out, os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024  # KiB on Linux
+    return (out, os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024,  # KiB on Linux
+            usage.ru_utime + usage.ru_stime)
+
+
+def last_json(out: str, code: int, what: str) -> dict[str, Any]:
+    if code != 0:
+        raise RuntimeError(f"{what} failed ({code}): {out[-2000:]}")
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 @contextmanager
-def reference_server(base: Path, name: str) -> Iterator[Any]:
+def reference_server(base: Path, name: str, **kwargs: Any) -> Iterator[Any]:
     import pg
 
     from daemon.sandbox import RefServer
 
     dsn = pg.create_database(f"bench_copy_{name}")
     try:
-        with RefServer(dsn, base / name, pool_size=48) as server:
+        with RefServer(dsn, base / name, pool_size=48, **kwargs) as server:
             yield server
             if server.errors:
                 raise RuntimeError(f"{name}: reference server errors: {server.errors[:3]}")
     finally:
         pg.drop_database(dsn)
+
+
+def check(bench: Bench, store: int) -> Check:
+    """Complete, lost, incomplete and duplicate copies in ``store`` of qa."""
+    copies = [r for r in bench.qa.recognitions().values() if r.store_id == store]
+    whole = [len(r.payload.get("files", [])) == bench.wanted.get(r.source_scan_id)
+             for r in copies]
+    complete = {r.source_scan_id for r, ok in zip(copies, whole, strict=True) if ok}
+    per_source = Counter(r.source_scan_id for r in copies)
+    return Check(len(complete & set(bench.ids)), len(set(bench.ids) - complete),
+                 whole.count(False), sum(n - 1 for n in per_source.values() if n > 1))
+
+
+# --- the three clients ---------------------------------------------------------------
+
+
+def source_spec(bench: Bench, store: int) -> dict[str, Any]:
+    return {"source_api": bench.prod.api_url, "target_api": bench.qa.api_url,
+            "source_dsn": bench.prod.dsn, "username": bench.prod.username,
+            "password": bench.prod.password, "store": store, "scan_ids": bench.ids}
+
+
+def run_ceiling(bench: Bench, faults: float) -> Row:
+    store = bench.store()
+    spec = {**source_spec(bench, store), "threads": 2 * bench.args.capacity}
+    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_ceiling.py"),
+                                   json.dumps(spec)], dict(os.environ))
+    result = last_json(out, code, "ceiling")
+    return Row(faults, "ceiling", float(result["seconds"]), check(bench, store), rss, cpu,
+               f"{result['resent']} calls resent")
+
+
+def run_old(bench: Bench, faults: float) -> Row:
+    store = bench.store()
+    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_baseline.py"),
+                                   json.dumps(source_spec(bench, store))], dict(os.environ))
+    result = last_json(out, code, "old")
+    printed = "printed success" if "Script completed successfully!" in out else ""
+    note = f"{printed}; claimed {len(result['mapping'])} created, {result['failed']} failed"
+    return Row(faults, "old", float(result["seconds"]), check(bench, store), rss, cpu, note)
+
+
+def run_ours(bench: Bench, faults: float) -> Row:
+    import yaml
+
+    store = bench.store()
+    root = Path(tempfile.mkdtemp(prefix="ours-", dir=bench.base))
+    connections = 2 * bench.args.capacity  # the excess waits in the server's queue
+    config = {"paths": {"root": "."}, "log": {"level": "WARNING"},
+              "defaults": {"batch_size": 10},
+              "instances": {"prod": instance_config(bench.prod, connections),
+                            "qa": instance_config(bench.qa, connections)}}
+    (root / "config.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    request = root / "copy.json"
+    request.write_text(json.dumps({"action": "copy", "source": "prod", "target": "qa",
+                                   "target_store_id": store, "scan_ids": bench.ids}))
+    out, code, rss, cpu = run_measured([sys.executable, "-m", "daemon", "once", str(request),
+                                   "-c", str(root / "config.yml")], child_env(bench.prod))
+    runs = list(root.glob("runs/*/run.json"))
+    if not runs:
+        raise RuntimeError(f"ours left no run.json ({code}): {out[-2000:]}")
+    run = json.loads(runs[0].read_text())
+    seconds = (datetime.fromisoformat(run["finished_at"])
+               - datetime.fromisoformat(run["started_at"])).total_seconds()
+    shutil.rmtree(root)
+    return Row(faults, "ours", seconds, check(bench, store), rss, cpu, f"status {run['status']}")
 
 
 def instance_config(server: Any, connections: int) -> dict[str, Any]:
@@ -120,123 +223,96 @@ def child_env(prod: Any) -> dict[str, str]:
     return env
 
 
-def count_scans(server: Any) -> int:
-    with server.connect() as conn:
-        row = conn.execute("SELECT count(*) FROM realograms_implementation_scan").fetchone()
-    return int(row[0])
+# --- one condition -------------------------------------------------------------------
 
 
-def run_ours(prod: Any, qa: Any, ids: list[int], store: int, base: Path,
-             args: argparse.Namespace) -> Row:
-    import yaml
-
-    root = Path(tempfile.mkdtemp(prefix="ours-", dir=base))
-    config = {"paths": {"root": "."}, "log": {"level": "WARNING"},
-              "defaults": {"batch_size": args.batch_size},
-              "instances": {"prod": instance_config(prod, 2 * args.capacity),
-                            "qa": instance_config(qa, 2 * args.capacity)}}
-    (root / "config.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    request = root / "copy.json"
-    request.write_text(json.dumps({"action": "copy", "source": "prod", "target": "qa",
-                                   "target_store_id": store, "scan_ids": ids}))
-    before = count_scans(qa)
-    out, code, rss = run_measured([sys.executable, "-m", "daemon", "once", str(request),
-                                   "-c", str(root / "config.yml")], child_env(prod))
-    (run_json,) = root.glob("runs/*/run.json")
-    run = json.loads(run_json.read_text())
-    created = count_scans(qa) - before
-    if code != 0 or run["status"] != "done" or created != len(ids):
-        raise RuntimeError(f"ours failed ({code}, {run['status']}, {created} created): {out}")
-    seconds = (datetime.fromisoformat(run["finished_at"])
-               - datetime.fromisoformat(run["started_at"])).total_seconds()
-    shutil.rmtree(root)
-    return Row("ours", len(ids), seconds, rss)
+def set_faults(bench: Bench, rate: float, seed: int) -> None:
+    for n, server in enumerate((bench.prod, bench.qa)):
+        server.faults.clear()
+        server.faults.timeout_sleep = bench.args.stall
+        if rate > 0:
+            server.faults.set(rate, seed=seed + n, endpoints=FAULTY)
 
 
-def run_old(prod: Any, qa: Any, ids: list[int], store: int, workers: int,
-            args: argparse.Namespace) -> Row:
-    spec = {"source_api": prod.api_url, "target_api": qa.api_url, "source_dsn": prod.dsn,
-            "username": prod.username, "password": prod.password, "store": store,
-            "scan_ids": ids, "batch_size": args.batch_size, "workers": workers}
-    before = count_scans(qa)
-    out, code, rss = run_measured([sys.executable, str(REPO / "bench" / "copy_baseline.py"),
-                                   json.dumps(spec)], dict(os.environ))
-    created = count_scans(qa) - before
-    if code != 0 or created != len(ids):
-        raise RuntimeError(f"old failed ({code}, {created} created): {out}")
-    result = json.loads(out.strip().splitlines()[-1])
-    name = "old" if workers <= 1 else f"old x{workers}"
-    return Row(name, len(ids), float(result["seconds"]), rss)
+def condition(bench: Bench, rate: float) -> None:
+    for n, run in enumerate((run_ceiling, run_ours, run_old, run_ceiling)):
+        set_faults(bench, rate, seed=100 * n + 7)  # the same fault sequence per client
+        bench.rows.append(run(bench, rate))
+        row = bench.rows[-1]
+        print(f"  {rate:.0%} faults, {row.name}: {row.seconds:.1f} s, {row.check}",
+              file=sys.stderr, flush=True)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scans", default="100,500,2000",
-                        help="scan counts for ours, comma-separated")
-    parser.add_argument("--baseline-scans", type=int, default=50)
+    parser.add_argument("--scans", type=int, default=300)
     parser.add_argument("--files", type=int, default=2, help="files per scan")
     parser.add_argument("--file-size", type=int, default=64 * 1024)
-    parser.add_argument("--capacity", type=int, default=8)
-    parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--capacity", type=int, default=4, help="calls at once per listener")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per call")
+    parser.add_argument("--faults", type=float, default=0.05, help="share of calls failed")
+    parser.add_argument("--stall", type=float, default=1.0,
+                        help="seconds a stall ('timeout' fault) holds its server slot")
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    counts = [int(n) for n in args.scans.split(",")]
-    ideal = args.capacity / (args.latency * (args.files + 1))
-    rows: list[Row] = []
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="scanrelay-bench-copy-") as tmp, \
             ExitStack() as stack:
-        base = Path(tmp)
-        prod = stack.enter_context(reference_server(base, "prod"))
-        qa = stack.enter_context(reference_server(base, "qa"))
-        started = time.perf_counter()
-        seeded = prod.seed(scans=max(counts + [args.baseline_scans]),
-                           files_per_scan=args.files, file_size=args.file_size, seed=1)
-        store = qa.seed(scans=0).store_ids[0]
-        print(f"seeded {len(seeded.scan_ids)} scans in {time.perf_counter() - started:.0f} s")
+        password = secrets.token_urlsafe(16)  # one API user on both servers
+        prod = stack.enter_context(reference_server(Path(tmp), "prod", password=password))
+        qa = stack.enter_context(reference_server(Path(tmp), "qa", password=password,
+                                                  processing_delay=3600))
+        seeded = prod.seed(scans=args.scans, files_per_scan=args.files,
+                           file_size=args.file_size, seed=1)
+        stores = qa.seed(scans=0, stores=8).store_ids
         for server in (prod, qa):
             server.set_limits(args.capacity, args.latency, blob_max_concurrent=args.capacity,
                               blob_latency=args.latency)
-        base_ids = seeded.scan_ids[:args.baseline_scans]
-        for n in counts:
-            rows.append(run_ours(prod, qa, seeded.scan_ids[:n], store, base, args))
-            print(f"  {rows[-1]}", flush=True)
-        for workers in (1, args.capacity):
-            rows.append(run_old(prod, qa, base_ids, store, workers, args))
-            print(f"  {rows[-1]}", flush=True)
-    report(rows, ideal, args)
-    return 0
+        wanted = {scan: len(files) for scan, files in seeded.files.items()}
+        bench = Bench(args, prod, qa, seeded.scan_ids, wanted, list(stores), Path(tmp))
+        for rate in (0.0, args.faults):
+            condition(bench, rate)
+    ok = report(bench.rows, args)
+    print(f"{os.cpu_count()} CPUs; load average (1 min) {load:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (servers and clients share these CPUs)")
+    return 0 if ok else 1
 
 
-def report(rows: list[Row], ideal: float, args: argparse.Namespace) -> None:
-    print(f"\ncopy prod → qa: {args.files} files of {args.file_size // 1024} KiB per scan, "
-          f"capacity {args.capacity}, latency {args.latency * 1000:.0f} ms per listener, "
-          f"batch size {args.batch_size}")
-    print(f"ideal (target API bound): {ideal:.1f} scans/s")
-    print(f"{'run':<10}{'scans':>7}{'seconds':>10}{'scans/s':>10}{'x ideal':>9}"
-          f"{'peak RSS MB':>13}")
-    for row in rows:
-        print(f"{row.name:<10}{row.scans:>7}{row.seconds:>10.2f}{row.rate:>10.1f}"
-              f"{row.rate / ideal:>9.2f}{row.maxrss_mb:>13.1f}")
-    ours = [r for r in rows if r.name == "ours"]
-    best = max(ours, key=lambda r: r.scans)
-    old = {r.name: r for r in rows if r.name.startswith("old")}
-    same_n = next((r for r in ours if r.scans == args.baseline_scans), best)
-    rss = [r.maxrss_mb for r in ours]
-    print(f"\nours ({best.scans} scans) / ideal: {best.rate / ideal:.2f} "
-          f"(goal ≥ {IDEAL_GOAL}): {'met' if best.rate / ideal >= IDEAL_GOAL else 'MISSED'}")
-    for name, row in old.items():
-        ratio = same_n.rate / row.rate
-        goal = f" (goal ≥ {OLD_GOAL:g}): {'met' if ratio >= OLD_GOAL else 'MISSED'}" \
-            if name == "old" else ""
-        print(f"ours / {name} ({row.scans} scans each): {ratio:.1f}x{goal}")
-    spread = max(rss) - min(rss)
-    print(f"ours peak RSS {min(rss):.1f}–{max(rss):.1f} MB over {min(r.scans for r in ours)}"
-          f"–{max(r.scans for r in ours)} scans: spread {spread:.1f} MB (goal ≤ {FLAT_MB:g}):"
-          f" {'met' if spread <= FLAT_MB else 'MISSED'}")
+def report(rows: list[Row], args: argparse.Namespace) -> bool:
+    print(f"\ncopy prod → qa: {args.scans} scans x {args.files} files of "
+          f"{args.file_size // 1024} KiB; every listener serves {args.capacity} calls at "
+          f"once, {args.latency * 1000:.0f} ms each")
+    print(f"{'faults':>6}  {'run':<8}{'seconds':>8}{'scans/s':>9}{'x ceiling':>10}"
+          f"{'complete':>9}{'lost':>5}{'incomplete':>11}{'dupl.':>6}{'RSS MB':>8}"
+          f"{'CPU s':>7}  note")
+    ok = True
+    for rate in sorted({r.faults for r in rows}):
+        here = [r for r in rows if r.faults == rate]
+        ceiling = sum(r.rate for r in here if r.name == "ceiling") / 2
+        for r in here:
+            c = r.check
+            print(f"{rate:>6.0%}  {r.name:<8}{r.seconds:>8.2f}{r.rate:>9.1f}"
+                  f"{r.rate / ceiling:>10.2f}{c.complete:>9}{c.lost:>5}{c.incomplete:>11}"
+                  f"{c.duplicates:>6}{r.maxrss_mb:>8.1f}{r.cpu_s:>7.1f}  {r.note}")
+        ok = summary(here, rate, ceiling) and ok
+    return ok
+
+
+def summary(rows: list[Row], rate: float, ceiling: float) -> bool:
+    ours = next(r for r in rows if r.name == "ours")
+    old = next(r for r in rows if r.name == "old")
+    goal = GOALS[rate > 0]
+    exact = ours.check.lost == ours.check.incomplete == ours.check.duplicates == 0
+    met = ours.rate / ceiling >= goal and exact
+    print(f"  {rate:.0%} faults: ours / ceiling {ours.rate / ceiling:.2f} (goal ≥ {goal:.2f}"
+          f", every scan exactly once): {'met' if met else 'NOT met'}; ours / old "
+          f"{ours.rate / old.rate if old.rate else float('inf'):.2f}x; old lost "
+          f"{old.check.lost}, "
+          f"{old.check.duplicates} duplicate(s) ({old.note})")
+    return met
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 workflow, side by side in one run, without faults and under faults.
 
 Two reference servers (``daemon/sandbox``, each on a fresh PostgreSQL database dropped
-at the end): prod holds ``--scans`` scans of ``--files`` files; qa is the target. Every
+at the end): prod holds ``--scans`` scans of ``--files`` files and runs in a process of
+its own (``source_server``), as a separate platform would; qa is the target. Every
 listener (both APIs, both blob hosts) serves at most ``--capacity`` calls at once, each
 ``--latency`` s (``set_limits``). A scan costs its F uploads and 1 create on qa's API,
 the busiest listener. qa never processes the copies during the benchmark (processing
@@ -53,10 +54,11 @@ for folder in (REPO, REPO / "tests"):  # `daemon` (with its sandbox platform) an
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from source_server import FAULTY, SourceServer  # noqa: E402 - after the path is set
+
 GOALS = {False: 0.90, True: 0.85}  # ours / ceiling, by "under faults"
 PASSWORD_ENV = "SCANRELAY_BENCH_API_PASSWORD"
 DB_PASSWORD_ENV = "SCANRELAY_BENCH_DB_PASSWORD"
-FAULTY = ("file", "blob", "upload", "create")  # a failed login ends the old script at once
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Row:
 @dataclass
 class Bench:
     args: argparse.Namespace
-    prod: Any
+    prod: SourceServer
     qa: Any
     ids: list[int]
     wanted: dict[int, int]  # files per source scan
@@ -119,6 +121,7 @@ def last_json(out: str, code: int, what: str) -> dict[str, Any]:
 
 @contextmanager
 def reference_server(base: Path, name: str, **kwargs: Any) -> Iterator[Any]:
+    """A ``RefServer`` in this process, on a fresh database dropped at the end."""
     import pg
 
     from daemon.sandbox import RefServer
@@ -227,11 +230,11 @@ def child_env(prod: Any) -> dict[str, str]:
 
 
 def set_faults(bench: Bench, rate: float, seed: int) -> None:
-    for n, server in enumerate((bench.prod, bench.qa)):
-        server.faults.clear()
-        server.faults.timeout_sleep = bench.args.stall
-        if rate > 0:
-            server.faults.set(rate, seed=seed + n, endpoints=FAULTY)
+    bench.prod.set_faults(rate, seed, bench.args.stall)
+    bench.qa.faults.clear()
+    bench.qa.faults.timeout_sleep = bench.args.stall
+    if rate > 0:
+        bench.qa.faults.set(rate, seed=seed + 1, endpoints=FAULTY)
 
 
 def condition(bench: Bench, rate: float) -> None:
@@ -262,17 +265,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="scanrelay-bench-copy-") as tmp, \
             ExitStack() as stack:
         password = secrets.token_urlsafe(16)  # one API user on both servers
-        prod = stack.enter_context(reference_server(Path(tmp), "prod", password=password))
+        prod = SourceServer(Path(tmp), password, {
+            "scans": args.scans, "files": args.files, "file_size": args.file_size,
+            "capacity": args.capacity, "latency": args.latency})
+        stack.callback(prod.close)
         qa = stack.enter_context(reference_server(Path(tmp), "qa", password=password,
                                                   processing_delay=3600))
-        seeded = prod.seed(scans=args.scans, files_per_scan=args.files,
-                           file_size=args.file_size, seed=1)
         stores = qa.seed(scans=0, stores=8).store_ids
-        for server in (prod, qa):
-            server.set_limits(args.capacity, args.latency, blob_max_concurrent=args.capacity,
-                              blob_latency=args.latency)
-        wanted = {scan: len(files) for scan, files in seeded.files.items()}
-        bench = Bench(args, prod, qa, seeded.scan_ids, wanted, list(stores), Path(tmp))
+        qa.set_limits(args.capacity, args.latency, blob_max_concurrent=args.capacity,
+                      blob_latency=args.latency)
+        bench = Bench(args, prod, qa, prod.scan_ids, prod.wanted, list(stores), Path(tmp))
         for rate in (0.0, args.faults):
             condition(bench, rate)
     ok = report(bench.rows, args)

@@ -297,7 +297,8 @@ class _Call:
     """One ``RetryPolicy.call``: what tenacity is told to do at each step, and the time
     the call has spent on its own (since its first try, less its waits for an
     unavailable instance). The time is kept here, on the policy's clock, because
-    tenacity's own (``seconds_since_start``) can be neither injected nor paused."""
+    tenacity's own (``seconds_since_start``) can be neither injected nor paused. One
+    per call: the policy itself is shared by threads and holds no state."""
 
     def __init__(self, policy: RetryPolicy, describe: str, log: Any,
                  keep_slots: bool) -> None:
@@ -327,8 +328,8 @@ class _Call:
         return self.policy.wait_for(state.attempt_number, _error(state))
 
     def stop(self, state: tenacity.RetryCallState) -> bool:
-        """Whether to give up rather than wait ``upcoming_sleep`` (tenacity computes the
-        wait first); says so when it does."""
+        """Whether to give up rather than wait ``upcoming_sleep`` (tenacity 8.3 and later
+        compute the wait before asking); says so when it does."""
         if not self.policy.exhausted(state.attempt_number,
                                      self.spent() + state.upcoming_sleep):
             return False

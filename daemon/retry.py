@@ -284,8 +284,8 @@ class RetryPolicy:
         return retryer(one.attempt, fn)
 
     def exhausted(self, attempt: int, spent_after_wait: float) -> bool:
-        """Whether to give up after try ``attempt`` rather than wait until a total of
-        ``spent_after_wait`` seconds."""
+        """Whether try ``attempt`` is the last (``spent_after_wait``: seconds spent by
+        the end of the next wait)."""
         if self.attempts is not None and attempt >= self.attempts:
             return True
         if self.breaker is not None and self.breaker.unavailable:
@@ -300,8 +300,7 @@ class _Call:
     tenacity's own (``seconds_since_start``) can be neither injected nor paused. One
     per call: the policy itself is shared by threads and holds no state."""
 
-    def __init__(self, policy: RetryPolicy, describe: str, log: Any,
-                 keep_slots: bool) -> None:
+    def __init__(self, policy: RetryPolicy, describe: str, log: Any, keep_slots: bool) -> None:
         self.policy, self.describe, self.log = policy, describe, log
         self.keep_slots = keep_slots
         self.start = policy.clock()

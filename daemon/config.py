@@ -160,6 +160,9 @@ class CopyConfig(Model):
     poll_interval: float = Field(default=30, gt=0)
     # Pause before batch-level retry n of a copy batch: n x this many seconds.
     batch_retry_pause: float = Field(default=10, ge=0)
+    # captured_at of a copy: "now" (the copy's time, integer epoch seconds, as the old
+    # scripts sent) or "source" (the source scan's own value); a request may override.
+    captured_at: Literal["now", "source"] = "now"
 
 
 class AnalysisConfig(Model):

@@ -57,6 +57,7 @@ class Request(BaseModel):
     from_run: str | None = Field(default=None, pattern=RUN_ID_PATTERN)
     batch_size: StrictInt = Field(default=10, ge=1, le=1000)
     dry_run: StrictBool = False
+    captured_at: Literal["now", "source"] | None = None  # copy; None: copy.captured_at
     force: StrictBool = False
     label: str | None = Field(default=None, max_length=500)
     retry_of: str | None = Field(default=None, pattern=RUN_ID_PATTERN)

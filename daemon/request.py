@@ -136,6 +136,19 @@ def resolve_select_dates(select: Mapping[str, Any], today: date) -> dict[str, An
             for k, v in select.items()}
 
 
+def build_select(raw: Mapping[str, Any], today: date | None = None) -> Selection:
+    """A request's ``select`` on its own (``scanrelay select``, the wizard's preview):
+    relative dates resolved, validated as in a request; ``RequestError`` otherwise."""
+    try:
+        model = SelectModel.model_validate(resolve_select_dates(raw, today or utc_today()))
+    except ValidationError as exc:
+        raise RequestError([_explain({**e, "loc": ("select", *e["loc"])})
+                            for e in exc.errors()]) from None
+    if model.captured_from and model.captured_to and model.captured_from > model.captured_to:
+        raise RequestError(["select.captured_from: is after captured_to; swap them"])
+    return model.selection()
+
+
 HINTS = {
     "extra_forbidden": "remove it (allowed keys: " + ", ".join(sorted(REQUEST_KEYS)) + ")",
     "int_type": "use a whole number without quotes",

@@ -80,6 +80,8 @@ InstanceConfig = Annotated[
 
 class PathsConfig(Model):
     root: Path = Path(".")
+    # Folders a request's deliver_to may name (results also placed there, e.g. a share).
+    deliveries: list[Path] = Field(default_factory=list)
 
 
 class DefaultsConfig(Model):
@@ -252,6 +254,11 @@ class Config(Model):
     @property
     def root(self) -> Path:
         return (self.base_dir / self.paths.root).resolve()
+
+    @property
+    def delivery_roots(self) -> list[Path]:
+        """``paths.deliveries``, resolved against the config file's folder."""
+        return [self.instance_path(p) for p in self.paths.deliveries]
 
     def instance_path(self, path: Path) -> Path:
         """A path from the config, resolved against the config file's folder."""

@@ -65,6 +65,7 @@ def sources_of(qa: RefServer, scans: list[dict[str, Any]]) -> Counter[int | None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 2-4 min each; more on a loaded machine
 @pytest.mark.parametrize("keep_unknown_keys", [True, False], ids=["keeps-marker", "drops-marker"])
 def test_500_scans_with_faults_and_three_kills_end_exactly_once(
         tmp_path: Path, keep_unknown_keys: bool) -> None:
@@ -77,7 +78,9 @@ def test_500_scans_with_faults_and_three_kills_end_exactly_once(
             ref.faults.timeout_sleep = 1.5  # the client gives up after 1 s
             ref.faults.set(rate=FAULT_RATE, seed=31 + n)
         qa.faults.next(Fault.RESET_AFTER_COMMIT, endpoint="create", count=10)
-        instance = {"timeout_seconds": 1, "retry_attempts": 10, "retry_max_seconds": 60}
+        # Many connections: a fault costs its call a timeout or a backoff, not the run.
+        instance = {"timeout_seconds": 1, "retry_attempts": 10, "retry_max_seconds": 60,
+                    "max_connections": 16}
         root = make_root(tmp_path, demo=False, log={"level": "INFO"}, instances={
             "prod": platform_instance(prod, "prod", **instance),
             "qa": platform_instance(qa, "qa", **instance)})

@@ -175,7 +175,8 @@ def test_import_folder_to_platform(qa: RefServer, tmp_path: Path) -> None:
     root = root_for(tmp_path, {"qa": qa})  # demo-source is a folder instance
     ids = list(range(1001, 1007))
     folder, result = copy_once(root, env_for(qa=qa), "import.json",
-                               copy_request("demo-source", "qa", store, ids))
+                               copy_request("demo-source", "qa", store, ids,
+                                            captured_at="source"))
     assert (folder, result["status"]) == ("done", "done"), result
     rows = mapping_rows(root / result["run_dir"])
     assert [int(r["Source_Scan_ID"]) for r in rows] == ids
@@ -234,9 +235,12 @@ def test_copy_then_analysis_matches_the_target_recognition(
                                                 Outcome.OTHER_SECTION, Outcome.HIGHER_POG)})
     root = root_for(tmp_path, {"prod": prod, "qa": qa},
                     copy={"wait_for_processing": 60, "poll_interval": 0.3})
+    # captured_at: source: each copy keeps its own day, so the target's compliance row
+    # of that day is the copy's own (with now, copies of a day share one, as on the
+    # platform, and the recognition's ground truth would not hold per scan).
     folder, result = copy_once(root, env_for(prod=prod, qa=qa), "analyse.json",
                                copy_request("prod", "qa", store, seeded.scan_ids,
-                                            analyze=True))
+                                            analyze=True, captured_at="source"))
     assert (folder, result["status"]) == ("done", "done"), result
     analysis = result["analysis"]
     assert analysis["status"] == "done", analysis

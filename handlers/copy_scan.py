@@ -373,12 +373,14 @@ class ScanCopier:
             if s.marker_field is None or made.marker is None or self._marker_asked:
                 return
             self._marker_asked = True
-        try:
-            kept = self.target.find_scan_by_marker(s.marker_field, made.marker) \
-                == made.target_id
+        try:  # by the scan's ID: no search through the target's payloads
+            created = self.target.get_scans([made.target_id])
         except (PermanentError, TransientError) as exc:
             self.ctx.log.info("could not read the marker back from {}: {}", s.target, exc)
             return
+        if not created:
+            return  # not readable yet: nothing learnt either way
+        kept = created[0].provided_values.get(s.marker_field) == made.marker
         before = self.ledger.marker_check(s.target, s.marker_field)
         self.ledger.record_marker_check(s.target, s.marker_field, kept)
         self.marker_kept = kept

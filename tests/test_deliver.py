@@ -8,10 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import DaemonProcess, drop, make_root, wait_settled
+import yaml
+from helpers import DaemonProcess, config_dict, drop, make_root, wait_settled
 
 import daemon.deliver as delivery
+from daemon.config import parse_config
 from daemon.deliver import OutsideRoots, deliver, delivery_folder
+from daemon.errors import RequestError
+from daemon.request import build_request
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -119,3 +123,25 @@ def test_download_and_analyze_deliver_into_a_root_and_outside_is_refused(
         assert "deliver_to:" in error and str(share) in error, error
     assert list((tmp_path / "elsewhere").iterdir()) == []  # nothing written outside
     assert not [p for p in share.rglob("*") if p.name.endswith(".part")]
+
+
+def test_request_keys_captured_at_and_deliver_to_are_validated(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    cfg = parse_config(yaml.safe_dump(config_dict(
+        paths={"root": ".", "deliveries": [str(share)]},
+        profiles={"as-captured": {"action": "copy", "source": "demo-source",
+                                  "target": "demo-target", "target_store_id": 1,
+                                  "captured_at": "source", "deliver_to": "team"}})))
+    copy = {"profile": "as-captured", "scan_ids": [1001]}
+    request = build_request(copy, cfg)
+    assert (request.captured_at, request.deliver_to) == ("source", "team")
+    assert build_request({**copy, "captured_at": "now"}, cfg).captured_at == "now"
+    with pytest.raises(RequestError) as info:
+        build_request({**copy, "captured_at": "then", "deliver_to": "/etc"}, cfg)
+    text = " ".join(info.value.problems)
+    assert "captured_at: Input should be 'now' or 'source'" in text
+    with pytest.raises(RequestError) as info:
+        build_request({**copy, "deliver_to": "/etc"}, cfg)
+    assert info.value.problems == [
+        f"deliver_to: '/etc' is outside the delivery roots ({share}); give a folder under "
+        "one of them"]

@@ -334,7 +334,8 @@ class ScanCopier:
         for candidate in candidates:
             found = self._find(candidate)
             if found is not None:
-                how = How.RECOVERED if ours and candidate.marker == marker else How.EXISTING
+                mine = ours is not None and candidate.marker == marker
+                how = How.RECOVERED if mine else How.EXISTING
                 self.ctx.log.info("scan {}: found its copy {} in {} (uploads {}, marker {})",
                                   scan_id, found, s.target, list(candidate.upload_ids),
                                   candidate.marker)

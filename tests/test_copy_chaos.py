@@ -79,10 +79,9 @@ def test_500_scans_with_faults_and_three_kills_end_exactly_once(
             ref.faults.set(rate=FAULT_RATE, seed=31 + n)
         qa.faults.next(Fault.RESET_AFTER_COMMIT, endpoint="create", count=10)
         # Many connections: a fault costs its call a timeout or a backoff, not the run.
-        # 20 tries: at 30 % a download (metadata + bytes) fails half its tries, and 10
-        # left about one file in a thousand failed (a partial run, not what is tested).
-        instance = {"timeout_seconds": 1, "retry_attempts": 20, "retry_max_seconds": 120,
-                    "max_connections": 16}
+        # Patience bounded by time (no try bound): at 30 % a download (metadata + bytes)
+        # fails half its tries, so a bound of 10 tries lost about one file in a thousand.
+        instance = {"timeout_seconds": 1, "retry_max_seconds": 60, "max_connections": 16}
         root = make_root(tmp_path, demo=False, log={"level": "INFO"}, instances={
             "prod": platform_instance(prod, "prod", **instance),
             "qa": platform_instance(qa, "qa", **instance)})

@@ -139,7 +139,8 @@ def test_500_scans_with_faults_and_three_kills_end_exactly_once(
 
     # A complete mapping that agrees with the target.
     rows = mapping_rows(run_dir)
-    assert [int(r["Source_Scan_ID"]) for r in rows] == seeded.scan_ids
+    # Each source once (a scan that took a last pass is listed after the others).
+    assert sorted(int(r["Source_Scan_ID"]) for r in rows) == sorted(seeded.scan_ids)
     assert {r["status"] for r in rows} == {"ok"}
     target_of = {int(r["Target_Scan_ID"]): int(r["Source_Scan_ID"]) for r in rows}
     assert len(target_of) == SCANS

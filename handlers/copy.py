@@ -54,7 +54,8 @@ def run(ctx: RunContext) -> HandlerResult:
     settings = CopySettings(
         run_id=ctx.run_id, source=request.source, target=request.target,
         store=request.target_store_id, mode=request.mode, force=request.force,
-        marker_field=_marker_field(ctx, request.target), with_details=target.kind == "folder")
+        marker_field=_marker_field(ctx, request.target), with_details=target.kind == "folder",
+        captured_at=request.captured_at or ctx.config.copy_.captured_at)
     chunks = [list(c) for c in batches(scan_ids, request.batch_size)]
     ledger = _open_ledger(ctx)
     try:
@@ -65,6 +66,8 @@ def run(ctx: RunContext) -> HandlerResult:
                 result.extra["analysis"] = {"status": "skipped", "reason": "dry run"}
             return result
         result, pairs = _copy(ctx, source, target, copier, chunks, len(scan_ids))
+        if copier.marker_kept is not None:  # read back after this run's first create
+            result.extra["marker_kept"] = copier.marker_kept
     except sqlite3.Error as exc:
         raise FatalError(f"the copy ledger {ledger.path} is unusable: {exc}") from exc
     finally:

@@ -8,8 +8,10 @@ them by name. A replacement takes the same named parameters and returns the same
 column names, and writes a literal ``%`` as ``%%`` (psycopg's placeholder syntax).
 
 Date selection (``select_scans``) filters on the scan's ``created_at``: it is a real,
-indexed, always-present timestamp, whereas the capture time exists only as text inside
-``provided_values`` (and not for every scan). ``captured_from``/``captured_to`` are
+indexed, always-present timestamp, whereas the capture time exists only inside
+``provided_values`` (ISO text or epoch seconds, and not for every scan). It is read
+with ``->``, so it keeps its JSON type (``copy`` with ``captured_at: source`` sends it
+on unchanged). ``captured_from``/``captured_to`` are
 whole UTC days, both inclusive. A ``sql.select_scans`` override may use the raw dates
 instead: the parameters ``captured_from`` and ``captured_to`` are passed as dates too.
 """
@@ -27,7 +29,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from daemon.errors import FatalError
-from daemon.instances.base import FileRef, Scan, ScanDetails, Selection
+from daemon.instances.base import CapturedAt, FileRef, Scan, ScanDetails, Selection
 from daemon.redact import redact
 from daemon.retry import ClassifiedTransientError, RetryPolicy
 
@@ -38,8 +40,8 @@ DEFAULT_SQL: dict[str, str] = {
     # One row per scan among %(ids)s, with its store's and category's names.
     "scans": """
         SELECT s.id, s.store_id, s.status, s.has_report, s.created_at,
-               COALESCE(s.provided_values -> '_raw_data' ->> 'captured_at',
-                        s.provided_values ->> 'captured_at') AS captured_at,
+               COALESCE(s.provided_values -> '_raw_data' -> 'captured_at',
+                        s.provided_values -> 'captured_at') AS captured_at,
                s.provided_values,
                st.name AS store_name,
                cat.name AS category_name
@@ -128,6 +130,14 @@ DEFAULT_SQL: dict[str, str] = {
         ORDER BY s.created_at, s.id
         LIMIT %(limit)s::bigint
     """,
+    # The scan created with any of the upload IDs %(ids)s (lowest ID if several).
+    "find_scan_by_files": """
+        SELECT f.scan_id AS id
+        FROM realograms_implementation_scanfile f
+        WHERE f.file_id = ANY(%(ids)s)
+        ORDER BY f.scan_id
+        LIMIT 1
+    """,
     # The scan whose create payload carried %(field)s = %(value)s (lowest ID if several).
     "find_scan_by_marker": """
         SELECT s.id
@@ -204,6 +214,13 @@ class PlatformDb:
         rows = self.query("find_scan_by_marker", {"field": field_name, "value": value})
         return int(rows[0]["id"]) if rows else None
 
+    def find_scan_by_files(self, file_ids: Sequence[int]) -> int | None:
+        """The lowest scan ID linked to any of the upload IDs ``file_ids``."""
+        if not file_ids:
+            return None
+        rows = self.query("find_scan_by_files", {"ids": [int(i) for i in file_ids]})
+        return int(rows[0]["id"]) if rows else None
+
     def query_ids(self, name: str, ids: Sequence[int],
                   params: Mapping[str, Any] | None = None) -> list[Row]:
         """Run the named query once per chunk of ``ids`` (parameter ``ids``, beside
@@ -277,7 +294,7 @@ def _scan(row: Row, files: tuple[FileRef, ...], reports: tuple[ScanDetails, ...]
         store_id=int(row["store_id"]),
         status=str(row["status"] or ""),
         has_report=bool(row["has_report"]),
-        captured_at=_text(row.get("captured_at")),
+        captured_at=_captured(row.get("captured_at")),
         created_at=_text(row.get("created_at")),
         provided_values=_create_payload(row.get("provided_values")),
         files=files,
@@ -326,6 +343,13 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.isoformat() if isinstance(value, datetime | date) else str(value)
+
+
+def _captured(value: Any) -> CapturedAt:
+    """The capture time with its JSON type unchanged (ISO text or epoch seconds)."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return value
+    return _text(value)  # anything else (a nested value) as text, as before
 
 
 def _float(value: Any) -> float | None:

@@ -209,9 +209,11 @@ def _store_planogram(conn: Conn, rec: Recognition, target: Target,
 
 def scan_date(payload: dict[str, Any]) -> datetime:
     """The capture time of a payload (UTC when naive), else now."""
-    try:
-        when = datetime.fromisoformat(str(payload.get("captured_at")))
-    except ValueError:
+    value = payload.get("captured_at")
+    try:  # ISO 8601 or integer epoch seconds, as the create accepts
+        when = (datetime.fromtimestamp(value, UTC) if isinstance(value, int)
+                else datetime.fromisoformat(str(value)))
+    except (ValueError, OverflowError, OSError):
         return datetime.now(UTC)
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 

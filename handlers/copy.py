@@ -34,7 +34,7 @@ from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
 from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline
 from handlers.copy_plan import How, ScanOutcome, eta_text
-from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, forget_finished
+from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier
 from handlers.download import WORKERS_PER_SLOT, batches, resolve_scan_ids
 from handlers.mapping import MappingRow, mapping_writer
 from handlers.runcsv import RunCsv
@@ -102,7 +102,6 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
     tmp = ctx.run_dir / TMP_DIR
     for stale in tmp.glob("*/.*.part"):  # half-written by a crash: this run owns them
         stale.unlink()
-    forget_finished(ctx)
     passes = ctx.config.retry.passes
     report = Report(ctx, total, len(chunks), keep_pairs=ctx.request.analyze,
                     hold=passes > 0)

@@ -17,8 +17,6 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 KEY_PREFIX = b'{"key": "'
 
 
@@ -47,13 +45,24 @@ class JournalIndex:
 
     def __init__(self, path: Path, hashes: array[int], offsets: array[int],
                  lengths: array[int]) -> None:
+        self._hashes: Any = None  # numpy int64, sorted; None when there is no line
+        self._offsets, self._lengths = offsets, lengths
+        self._alive = bytearray(b"\x01") * len(hashes)  # 0: superseded since the open
+        self._fd = os.open(path, os.O_RDONLY) if len(hashes) else None
+        if len(hashes):
+            self._sort(hashes)
+
+    def _sort(self, hashes: array[int]) -> None:
+        # numpy only here: a fresh run (and the daemon's start) does without its import.
+        import numpy as np
+
         order = np.argsort(np.frombuffer(hashes, dtype=np.int64), kind="stable")
         self._hashes = np.frombuffer(hashes, dtype=np.int64)[order]
         # Plain arrays: indexing them from Python is several times faster than numpy's.
-        self._offsets = array("q", np.frombuffer(offsets, dtype=np.int64)[order].tobytes())
-        self._lengths = array("I", np.frombuffer(lengths, dtype=np.uint32)[order].tobytes())
-        self._alive = bytearray(b"\x01") * len(order)  # 0: superseded since the open
-        self._fd = os.open(path, os.O_RDONLY) if len(order) else None
+        self._offsets = array("q", np.frombuffer(self._offsets, dtype=np.int64)[order]
+                              .tobytes())
+        self._lengths = array("I", np.frombuffer(self._lengths, dtype=np.uint32)[order]
+                              .tobytes())
 
     @classmethod
     def build(cls, path: Path) -> JournalIndex:
@@ -77,13 +86,12 @@ class JournalIndex:
         return cls(path, hashes, offsets, lengths)
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return len(self._alive)
 
     @property
     def nbytes(self) -> int:
         """The memory the index takes."""
-        return self._hashes.nbytes + len(self._alive) * (1 + self._offsets.itemsize
-                                                         + self._lengths.itemsize)
+        return len(self._alive) * (1 + 8 + self._offsets.itemsize + self._lengths.itemsize)
 
     def find(self, key: str) -> dict[str, Any] | None:
         """The newest record of ``key`` that is not superseded, or None."""

@@ -90,6 +90,11 @@ class Daemon:
                 raise RuntimeError(f"daemon did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.01)
 
+    def stop_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def end(self, sig: int) -> float:
         """Send ``sig``, reap the process; its peak RSS in MB."""
         assert self.proc is not None
@@ -217,33 +222,42 @@ def first_new_record(journal: Path, size_at_kill: int, timeout: float = 600.0) -
 def measure(action: str, name: str, root: Path, ids: list[int], env: dict[str, str],
             kill_at: float | None, timeout: float) -> Row:
     daemon = Daemon(root, env)
-    daemon.start()
-    drop_request(root, f"{name}.csv", ids)
-    resume_s, rss = None, 0.0
-    if kill_at is not None:
-        run = wait_for(root, int(len(ids) * kill_at), timeout)
-        killed_at = time.time()
-        rss = daemon.end(signal.SIGKILL)
-        journal = journal_of(root)
-        size_at_kill = journal.stat().st_size
-        first_part = killed_at - datetime.fromisoformat(run["started_at"]).timestamp()
-        daemon = Daemon(root, env)
-        restarted = time.monotonic()
+    try:
         daemon.start()
-        ready = time.monotonic() - restarted
-        first_new_record(journal, size_at_kill)
-        resume_s = time.monotonic() - restarted
-        print(f"    killed at {run['progress']['done']}/{len(ids)}; daemon ready {ready:.2f} s "
-              f"and first new record {resume_s:.2f} s after the restart", flush=True)
-    run = wait_for(root, None, timeout)
-    rss = max(rss, daemon.end(signal.SIGTERM))
+        drop_request(root, f"{name}.csv", ids)
+        first_part, resume_s, rss = 0.0, None, 0.0
+        if kill_at is not None:
+            run = wait_for(root, int(len(ids) * kill_at), timeout)
+            killed_at = time.time()
+            rss = daemon.end(signal.SIGKILL)
+            first_part = killed_at - datetime.fromisoformat(run["started_at"]).timestamp()
+            daemon, resume_s = resume(root, env, run["progress"]["done"], len(ids), rss)
+        run = wait_for(root, None, timeout)
+        rss = max(rss, daemon.end(signal.SIGTERM))
+    finally:
+        daemon.stop_if_running()
     if run.get("status") != "done":
         results = [p.read_text() for p in root.glob("*/*.result.json")]
         raise RuntimeError(f"{action} {name} ended {run.get('status')}: {results}")
-    seconds = seconds_between(run["started_at"], run["finished_at"])
-    if kill_at is not None:
-        seconds += first_part
+    seconds = seconds_between(run["started_at"], run["finished_at"]) + first_part
     return Row(action, name, len(ids), seconds, rss, resume_s)
+
+
+def resume(root: Path, env: dict[str, str], done: int, total: int,
+           rss: float) -> tuple[Daemon, float]:
+    """Restart the daemon after the kill: (it, seconds to its first journal record)."""
+    journal = journal_of(root)
+    size_at_kill = journal.stat().st_size
+    daemon = Daemon(root, env)
+    restarted = time.monotonic()
+    daemon.start()
+    ready = time.monotonic() - restarted
+    first_new_record(journal, size_at_kill)
+    resume_s = time.monotonic() - restarted
+    print(f"    kill -9 at {done}/{total} (peak RSS so far {rss:.1f} MB); after the restart "
+          f"the daemon was ready in {ready:.2f} s and wrote its first new record in "
+          f"{resume_s:.2f} s", flush=True)
+    return daemon, resume_s
 
 
 def check_download(root: Path, scans: int, files: int) -> None:

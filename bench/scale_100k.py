@@ -15,7 +15,8 @@ a subprocess) gets a CSV request dropped into its inbox:
   started → kill; resumed run: started → finished), the restart itself left out.
 
 Peak RSS is each daemon process's own maximum (``wait4``), the larger of the two for
-``full``. Every run is checked: the request ends in ``done/``; a download's manifest has
+``full``; ``CPU ms/scan`` the daemon's own CPU time (both processes for ``full``, with
+two start-ups and the resume), which a loaded machine inflates far less than wall time. Every run is checked: the request ends in ``done/``; a download's manifest has
 every file ``ok``; a copy made exactly one target scan per source scan, kill or not.
 
     .venv/bin/python bench/scale_100k.py [--scans 100000] [--base 1000] [--actions download,copy]
@@ -63,6 +64,7 @@ class Row:
     scans: int
     seconds: float
     peak_rss_mb: float
+    cpu_s: float  # the daemon's own CPU time (user + system): far less load-bound than wall
     resume_s: float | None = None
 
     @property
@@ -95,13 +97,13 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
-    def end(self, sig: int) -> float:
-        """Send ``sig``, reap the process; its peak RSS in MB."""
+    def end(self, sig: int) -> tuple[float, float]:
+        """Send ``sig``, reap the process: its peak RSS in MB and its CPU seconds."""
         assert self.proc is not None
         self.proc.send_signal(sig)
         _, _, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = 0  # reaped here: keep Popen from waiting again
-        return usage.ru_maxrss / 1024  # KiB on Linux
+        return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # KiB on Linux
 
 
 @contextmanager
@@ -225,22 +227,23 @@ def measure(action: str, name: str, root: Path, ids: list[int], env: dict[str, s
     try:
         daemon.start()
         drop_request(root, f"{name}.csv", ids)
-        first_part, resume_s, rss = 0.0, None, 0.0
+        first_part, resume_s, rss, cpu = 0.0, None, 0.0, 0.0
         if kill_at is not None:
             run = wait_for(root, int(len(ids) * kill_at), timeout)
             killed_at = time.time()
-            rss = daemon.end(signal.SIGKILL)
+            rss, cpu = daemon.end(signal.SIGKILL)
             first_part = killed_at - datetime.fromisoformat(run["started_at"]).timestamp()
             daemon, resume_s = resume(root, env, run["progress"]["done"], len(ids), rss)
         run = wait_for(root, None, timeout)
-        rss = max(rss, daemon.end(signal.SIGTERM))
+        last_rss, last_cpu = daemon.end(signal.SIGTERM)
+        rss, cpu = max(rss, last_rss), cpu + last_cpu
     finally:
         daemon.stop_if_running()
     if run.get("status") != "done":
         results = [p.read_text() for p in root.glob("*/*.result.json")]
         raise RuntimeError(f"{action} {name} ended {run.get('status')}: {results}")
     seconds = seconds_between(run["started_at"], run["finished_at"]) + first_part
-    return Row(action, name, len(ids), seconds, rss, resume_s)
+    return Row(action, name, len(ids), seconds, rss, cpu, resume_s)
 
 
 def resume(root: Path, env: dict[str, str], done: int, total: int,
@@ -332,19 +335,21 @@ def report(rows: list[Row], args: argparse.Namespace, load: float) -> None:
           f"batch size {args.batch_size}, max_connections {args.connections}; load average "
           f"{load:.1f} at start, {os.getloadavg()[0]:.1f} at the end (2 cores: shared)")
     print(f"{'action':<10}{'run':<6}{'scans':>8}{'seconds':>10}{'scans/s':>9}"
-          f"{'peak RSS MB':>13}{'resume s':>10}")
+          f"{'CPU ms/scan':>13}{'peak RSS MB':>13}{'resume s':>10}")
     for r in rows:
         resume = f"{r.resume_s:.2f}" if r.resume_s is not None else "-"
         print(f"{r.action:<10}{r.run:<6}{r.scans:>8}{r.seconds:>10.1f}{r.rate:>9.1f}"
-              f"{r.peak_rss_mb:>13.1f}{resume:>10}")
+              f"{1000 * r.cpu_s / r.scans:>13.2f}{r.peak_rss_mb:>13.1f}{resume:>10}")
     for action in dict.fromkeys(r.action for r in rows):
         base = next(r for r in rows if r.action == action and r.run == "base")
         full = next(r for r in rows if r.action == action and r.run == "full")
         ratio = full.seconds / (full.scans / base.scans * base.seconds)
+        cpu_ratio = (full.cpu_s / full.scans) / (base.cpu_s / base.scans)
         rss = max(base.peak_rss_mb, full.peak_rss_mb)
         assert full.resume_s is not None
         print(f"{action}: time / ({full.scans // base.scans} x base) = {ratio:.2f} (goal ≤ "
-              f"{LINEAR_GOAL}: {_met(ratio <= LINEAR_GOAL)}); peak RSS {rss:.0f} MB (goal < "
+              f"{LINEAR_GOAL}: {_met(ratio <= LINEAR_GOAL)}); CPU per scan full / base = "
+              f"{cpu_ratio:.2f}; peak RSS {rss:.0f} MB (goal < "
               f"{RSS_GOAL_MB:.0f}: {_met(rss < RSS_GOAL_MB)}); resume {full.resume_s:.2f} s "
               f"(goal < {RESUME_GOAL_S:g}: {_met(full.resume_s < RESUME_GOAL_S)})")
 

@@ -16,8 +16,9 @@ a subprocess) gets a CSV request dropped into its inbox:
 
 Peak RSS is each daemon process's own maximum (``wait4``), the larger of the two for
 ``full``; ``CPU ms/scan`` the daemon's own CPU time (both processes for ``full``, with
-two start-ups and the resume), which a loaded machine inflates far less than wall time. Every run is checked: the request ends in ``done/``; a download's manifest has
-every file ``ok``; a copy made exactly one target scan per source scan, kill or not.
+two start-ups and the resume), which a loaded machine inflates far less than wall time.
+Every run is checked: the request ends in ``done/``; a download's manifest has every
+file ``ok``; a copy made exactly one target scan per source scan, kill or not.
 
     .venv/bin/python bench/scale_100k.py [--scans 100000] [--base 1000] [--actions download,copy]
 

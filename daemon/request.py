@@ -243,6 +243,8 @@ def _needs(r: Request) -> list[str]:
 
 
 def _duplicates(field: str, ids: Any) -> list[str]:
+    if isinstance(ids, list) and len(set(ids)) == len(ids):
+        return []  # the common case, in C
     seen: dict[int, int] = {}
     problems = []
     for i, scan_id in enumerate(ids if isinstance(ids, list) else []):

@@ -33,8 +33,8 @@ from daemon.layout import Layout
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
 from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline
-from handlers.copy_plan import How, ScanOutcome, eta_text
-from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, forget_finished
+from handlers.copy_plan import How, ScanOutcome, Tries, eta_text
+from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier
 from handlers.download import WORKERS_PER_SLOT, batches, resolve_scan_ids
 from handlers.mapping import MappingRow, mapping_writer
 from handlers.runcsv import RunCsv
@@ -105,7 +105,6 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
     tmp = ctx.run_dir / TMP_DIR
     for stale in tmp.glob("*/.*.part"):  # half-written by a crash: this run owns them
         stale.unlink()
-    forget_finished(ctx)
     passes = ctx.config.retry.passes
     report = Report(ctx, total, len(chunks), keep_pairs=ctx.request.analyze,
                     hold=passes > 0)
@@ -190,7 +189,11 @@ class Report:
         elapsed = time.monotonic() - self.started
         failed = sum(o.status is ItemStatus.FAILED for o in outcomes)
         ok = sum(o.status is ItemStatus.OK for o in outcomes)
-        self.ctx.log.info(
+        # A batch done before a restart is no news: DEBUG, as thousands of lines would
+        # slow the resume down.
+        before = all(o.reused and o.tries == Tries() for o in outcomes)
+        self.ctx.log.log(
+            "DEBUG" if before else "INFO",
             "[BATCH {}/{}] {} scans: {} copied, {} skipped, {} failed | {}/{} scans, "
             "{:.1f} scans/s, ETA {}", number, self.batches, len(outcomes), ok,
             len(outcomes) - ok - failed, failed, done, self.total,

@@ -13,7 +13,8 @@ Checkpoint records (``ctx.checkpoint``, the fsynced journal; ``S`` = source scan
   this run, recovered by its marker, or an existing copy; ``marker, files, bytes``).
 
 Once a scan is created its records are dropped from the checkpoint's memory (the
-journal keeps them), so memory does not grow with the number of scans.
+journal keeps them), so memory does not grow with the number of scans; a resumed run
+reads the records it needs back from the journal (``daemon.checkpoint``).
 
 Exactly once (SPEC §8): before creating, the intent is journalled with the attempt's
 upload IDs and put into the copy ledger. A create that fails without a clear answer
@@ -132,15 +133,6 @@ def superseded(scan_id: int, file_ids: list[int]) -> list[str]:
     the ``copy:created`` record itself is dropped once its outcome is taken."""
     return [f"copy:{step}:{scan_id}:{f}" for f in file_ids for step in ("down", "up")] \
         + [_keys(scan_id)[0]]
-
-
-def forget_finished(ctx: RunContext) -> None:
-    """After a restart: drop from memory the step records of scans already created."""
-    records = ctx.checkpoint.records()
-    created = {r["key"].rsplit(":", 1)[1] for r in records
-               if r["key"].startswith("copy:created:")}
-    ctx.checkpoint.forget(r["key"] for r in records if r["key"].startswith(
-        ("copy:down:", "copy:up:", "copy:intent:")) and r["key"].split(":")[2] in created)
 
 
 class ScanCopier:

@@ -233,8 +233,11 @@ def test_checkpoint_forget_frees_memory_but_keeps_the_journal(tmp_path: Path) ->
     for key in superseded(7, [70, 71]):
         journal.record(key, upload_id=1)
     journal.record("copy:created:7", target_scan_id=9, marker="m", how="created")
+    assert journal.held() == 6
     journal.forget(superseded(7, [70, 71]) + ["not-there"])
-    assert [r["key"] for r in journal.records()] == ["copy:created:7"]
+    assert journal.held() == 1 and journal.get("copy:created:7") is not None
+    assert journal.get("copy:up:7:71") is None  # written since the open, now forgotten
+    assert len(journal.records()) == 6  # the journal keeps every record
     journal.close()
     reloaded = Checkpoint(tmp_path)
     assert reloaded.get("copy:up:7:71") == {"key": "copy:up:7:71", "upload_id": 1}

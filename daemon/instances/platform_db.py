@@ -98,15 +98,25 @@ DEFAULT_SQL: dict[str, str] = {
         LEFT JOIN planograms_implementation_planogram p
           ON p.id = COALESCE(r.planogram_id, ps.planogram_id)
         LEFT JOIN LATERAL (
-            SELECT spc.date, spc.pre_compliance, spc.post_compliance, spc.pre_osa,
-                   spc.post_osa
-            FROM planograms_compliance_storeplanogramcompliance spc
-            WHERE spc.store_planogram_id = r.store_planogram_id
-              AND (spc.date = COALESCE(r.scan_created_date, s.created_at)::date
-                   OR %(fallback)s::boolean)
-            ORDER BY spc.date = COALESCE(r.scan_created_date, s.created_at)::date DESC,
-                     spc.date <= COALESCE(r.scan_created_date, s.created_at)::date DESC,
-                     spc.date DESC
+            -- The scan's day, else (with the fallback) the latest day before it, else the
+            -- latest at all: two index look-ups, however many days a planogram has.
+            SELECT x.* FROM (
+                (SELECT spc.date, spc.pre_compliance, spc.post_compliance, spc.pre_osa,
+                        spc.post_osa, 0 AS pick
+                 FROM planograms_compliance_storeplanogramcompliance spc
+                 WHERE spc.store_planogram_id = r.store_planogram_id
+                   AND spc.date <= COALESCE(r.scan_created_date, s.created_at)::date
+                 ORDER BY spc.date DESC LIMIT 1)
+                UNION ALL
+                (SELECT spc.date, spc.pre_compliance, spc.post_compliance, spc.pre_osa,
+                        spc.post_osa, 1 AS pick
+                 FROM planograms_compliance_storeplanogramcompliance spc
+                 WHERE spc.store_planogram_id = r.store_planogram_id
+                 ORDER BY spc.date DESC LIMIT 1)
+            ) x
+            WHERE x.date = COALESCE(r.scan_created_date, s.created_at)::date
+               OR %(fallback)s::boolean
+            ORDER BY x.pick
             LIMIT 1
         ) c ON true
         LEFT JOIN LATERAL (

@@ -1,10 +1,16 @@
 """A run's checkpoint: ``checkpoint.jsonl`` in its run folder.
 
-An append-only journal: each finished step is one JSON line, written with a single
-``write`` and fsynced before the step counts as done (threads recording at once share
-one fsync). A crash can only tear the last
-line, which loading ignores; so every record is all-or-nothing, and a resumed run
-redoes exactly the steps whose record is missing. The latest record of a key wins.
+An append-only journal: each finished step is one JSON line, ``{"key": ..., ...}``,
+written with a single ``write`` and fsynced before the step counts as done (threads
+recording at once share one fsync). A crash can
+only tear the last line, which opening cuts off; so every record is all-or-nothing, and
+a resumed run redoes exactly the steps whose record is missing. The latest record of a
+key wins.
+
+Memory stays flat however long the journal: opening does not load it but indexes it
+(``JournalIndex``: about 20 bytes per line, no record held), and ``get`` reads a record
+back from the file when it is asked for. Records written since the open are held until
+the handler ``forget``s them (it does once a later record supersedes them).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from daemon.checkpoint_index import JournalIndex, parse
+
 FILE_NAME = "checkpoint.jsonl"
 
 
@@ -24,45 +32,48 @@ class Checkpoint:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / FILE_NAME
-        self._lock = threading.Lock()  # the file position and the records
+        self._lock = threading.Lock()  # the file position, the records and the index
         self._sync_lock = threading.Lock()  # one fsync at a time; taken before _lock
         self._written = self._synced = 0  # lines written by this process / known on disk
-        self._records = self._load()
+        self._live: dict[str, dict[str, Any]] = {}  # written since the open, not forgotten
+        self._index = JournalIndex.build(self.path)  # also cuts off a torn last line
         self._file = self.path.open("ab")
-        if self._file.tell() and not self._ends_with_newline():
-            self._file.write(b"\n")  # a torn last line must not glue onto the next record
-
-    def _load(self) -> dict[str, dict[str, Any]]:
-        records: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
-            return records
-        with self.path.open("rb") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line torn by a crash: that step was not done
-                if isinstance(record, dict) and isinstance(record.get("key"), str):
-                    records[record["key"]] = record
-        return records
 
     def get(self, key: str) -> dict[str, Any] | None:
+        """The latest record of ``key``, or None."""
         with self._lock:
-            return self._records.get(key)
+            record = self._live.get(key)
+            return record if record is not None else self._index.find(key)
+
+    def held(self) -> int:
+        """How many records are held in memory (the rest are read back on demand)."""
+        with self._lock:
+            return len(self._live)
 
     def records(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._records.values())
+        """The latest record of every key, in journal order, read from the file: O(n)
+        memory, for tests and tools; a run uses ``get``."""
+        latest: dict[str, dict[str, Any]] = {}
+        with self._lock, self.path.open("rb") as f:
+            for line in f:
+                record = parse(line)
+                if record is not None:
+                    latest[record["key"]] = record
+        return list(latest.values())
 
     def forget(self, keys: Iterable[str]) -> None:
-        """Drop records from memory only (the journal keeps them): for steps a later
-        record supersedes, so memory does not grow with the run. Missing keys are fine."""
+        """Drop records from memory only (the journal keeps them, and ``get`` may still
+        read a record the journal had at the open): for steps a later record supersedes,
+        so memory does not grow with the run. Missing keys are fine."""
         with self._lock:
             for key in keys:
-                self._records.pop(key, None)
+                self._live.pop(key, None)
 
     def record(self, key: str, **data: Any) -> None:
         """Durably record that step ``key`` is finished, with ``data``."""
+        if not _findable(key):
+            raise ValueError(f"checkpoint key {key!r}: no quotes, backslashes or control "
+                             "characters")
         record = {"key": key, **data}
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
         with self._lock:
@@ -72,7 +83,8 @@ class Checkpoint:
             mine = self._written
         self._sync(mine)
         with self._lock:
-            self._records[key] = record
+            self._live[key] = record
+            self._index.supersede(key)  # the journal's older record no longer counts
 
     def _sync(self, line: int) -> None:
         """Return once the ``line``-th line written is on disk. Group commit: one fsync
@@ -86,11 +98,12 @@ class Checkpoint:
             os.fsync(self._file.fileno())
             self._synced = upto
 
-    def _ends_with_newline(self) -> bool:
-        with self.path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
-
     def close(self) -> None:
         with self._sync_lock, self._lock:
             self._file.close()
+            self._index.close()
+
+
+def _findable(key: str) -> bool:
+    """JSON writes such a key as it is, so the index can read it without parsing."""
+    return bool(key) and not any(c in '"\\' or c < " " for c in key)

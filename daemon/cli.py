@@ -16,14 +16,14 @@ from rich.table import Table
 
 from daemon import logs
 from daemon.config import Config, ConfigError, load_config
-from daemon.errors import FatalError, RequestError
+from daemon.errors import FatalError, RequestError, ScanrelayError
 from daemon.instances.registry import Instances
 from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
 from daemon.layout import Layout
 from daemon.ledger import LEDGER_FILE, Ledger, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.readers import read_request_file
-from daemon.request import parse_request
+from daemon.request import build_select, parse_request
 from daemon.runner import Runner
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -32,6 +32,8 @@ console = Console(soft_wrap=True)  # no wrapping: output is also read by scripts
 err = Console(stderr=True, soft_wrap=True)
 ConfigOpt = Annotated[str | None, typer.Option("-c", "--config", help="config file "
                       "(default: $SCANRELAY_CONFIG or ./config.yml)")]
+SELECT_OPTIONS = {"store_id": "--store", "captured_from": "--from", "captured_to": "--to",
+                  "status": "--status", "limit": "--limit"}
 EXIT = {RunStatus.DONE: 0, RunStatus.PARTIAL: 1, RunStatus.FAILED: 1, RunStatus.INVALID: 2,
         RunStatus.INTERRUPTED: 1}
 
@@ -230,6 +232,52 @@ def new(config: ConfigOpt = None) -> None:
     print(path)
 
 
+@app.command("select")
+def select_(source: str,
+            store: Annotated[int | None, typer.Option("--store", help="store ID")] = None,
+            from_: Annotated[str | None, typer.Option(
+                "--from", help="captured from: YYYY-MM-DD, today, yesterday, -7d")] = None,
+            to: Annotated[str | None, typer.Option("--to", help="captured to (inclusive)")]
+            = None,
+            status_: Annotated[str | None, typer.Option("--status", help="e.g. done")] = None,
+            limit: Annotated[int | None, typer.Option("--limit")] = None,
+            shown: Annotated[int, typer.Option("--show", help="scans listed")] = 10,
+            as_json: Annotated[bool, typer.Option("--json")] = False,
+            config: ConfigOpt = None) -> None:
+    """How many scans of SOURCE a selection matches, and the first ones; runs nothing.
+
+    Exit 2 for a bad selection or instance, 1 when the instance cannot be read."""
+    from daemon.selection import preview, show
+
+    cfg = _config(config)
+    raw = {"store_id": store, "captured_from": from_, "captured_to": to, "status": status_,
+           "limit": limit}
+    try:
+        selection = build_select({k: v for k, v in raw.items() if v is not None})
+    except RequestError as exc:
+        for problem in exc.problems:
+            for field, option in SELECT_OPTIONS.items():
+                problem = problem.replace(f"select.{field}", option)
+            err.print(problem, markup=False)
+        raise typer.Exit(2) from None
+    if source not in cfg.instances:
+        err.print(f"unknown instance {source!r}; configured: {', '.join(sorted(cfg.instances))}",
+                  markup=False)
+        raise typer.Exit(2)
+    instances = Instances(cfg)
+    try:
+        result = preview(instances.get(source), selection, shown)
+    except ScanrelayError as exc:
+        err.print(f"{source}: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    finally:
+        instances.close()
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2, default=str))
+    else:
+        show(result, console)
+
+
 @app.command()
 def retry(run_id: str, config: ConfigOpt = None) -> None:
     """Drop a new request covering only what failed in RUN_ID; print its path."""
@@ -278,6 +326,9 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
     for job in data.get("schedules", [])[:3]:
         console.print(f"  next: {job['next_fire']} {job['job']}"
                       + (" (overdue)" if job["overdue"] else ""), markup=False)
+    for dropped in data.get("markers_dropped", []):
+        console.print(f"target {dropped['target']}: drops the marker field {dropped['field']} "
+                      "of a create; exactly once rests on the upload IDs there", markup=False)
 
 
 @app.command()

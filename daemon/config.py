@@ -80,6 +80,8 @@ InstanceConfig = Annotated[
 
 class PathsConfig(Model):
     root: Path = Path(".")
+    # Folders a request's deliver_to may name (results also placed there, e.g. a share).
+    deliveries: list[Path] = Field(default_factory=list)
 
 
 class DefaultsConfig(Model):
@@ -160,6 +162,9 @@ class CopyConfig(Model):
     poll_interval: float = Field(default=30, gt=0)
     # Pause before batch-level retry n of a copy batch: n x this many seconds.
     batch_retry_pause: float = Field(default=10, ge=0)
+    # captured_at of a copy: "now" (the copy's time, integer epoch seconds, as the old
+    # scripts sent) or "source" (the source scan's own value); a request may override.
+    captured_at: Literal["now", "source"] = "now"
 
 
 class AnalysisConfig(Model):
@@ -249,6 +254,11 @@ class Config(Model):
     @property
     def root(self) -> Path:
         return (self.base_dir / self.paths.root).resolve()
+
+    @property
+    def delivery_roots(self) -> list[Path]:
+        """``paths.deliveries``, resolved against the config file's folder."""
+        return [self.instance_path(p) for p in self.paths.deliveries]
 
     def instance_path(self, path: Path) -> Path:
         """A path from the config, resolved against the config file's folder."""

@@ -57,6 +57,8 @@ class Request(BaseModel):
     from_run: str | None = Field(default=None, pattern=RUN_ID_PATTERN)
     batch_size: StrictInt = Field(default=10, ge=1, le=1000)
     dry_run: StrictBool = False
+    captured_at: Literal["now", "source"] | None = None  # copy; None: copy.captured_at
+    deliver_to: str | None = Field(default=None, min_length=1, max_length=1000)
     force: StrictBool = False
     label: str | None = Field(default=None, max_length=500)
     retry_of: str | None = Field(default=None, pattern=RUN_ID_PATTERN)
@@ -135,6 +137,19 @@ def resolve_select_dates(select: Mapping[str, Any], today: date) -> dict[str, An
             for k, v in select.items()}
 
 
+def build_select(raw: Mapping[str, Any], today: date | None = None) -> Selection:
+    """A request's ``select`` on its own (``scanrelay select``, the wizard's preview):
+    relative dates resolved, validated as in a request; ``RequestError`` otherwise."""
+    try:
+        model = SelectModel.model_validate(resolve_select_dates(raw, today or utc_today()))
+    except ValidationError as exc:
+        raise RequestError([_explain({**e, "loc": ("select", *e["loc"])})
+                            for e in exc.errors()]) from None
+    if model.captured_from and model.captured_to and model.captured_from > model.captured_to:
+        raise RequestError(["select.captured_from: is after captured_to; swap them"])
+    return model.selection()
+
+
 HINTS = {
     "extra_forbidden": "remove it (allowed keys: " + ", ".join(sorted(REQUEST_KEYS)) + ")",
     "int_type": "use a whole number without quotes",
@@ -187,10 +202,23 @@ def _semantic_problems(r: Request, config: Config) -> list[str]:
     if count > config.limits.max_scans:
         problems.append(f"scan_ids: {count} scans exceed limits.max_scans "
                         f"({config.limits.max_scans}); split the request into smaller files")
+    problems += _delivery_problems(r, config)
     if r.select and r.select.captured_from and r.select.captured_to \
             and r.select.captured_from > r.select.captured_to:
         problems.append("select.captured_from: is after captured_to; swap them")
     return problems
+
+
+def _delivery_problems(r: Request, config: Config) -> list[str]:
+    from daemon.deliver import OutsideRoots, delivery_folder
+
+    if r.deliver_to is None:
+        return []
+    try:
+        delivery_folder(r.deliver_to, config.delivery_roots)
+    except OutsideRoots as exc:
+        return [f"deliver_to: {exc}"]
+    return []
 
 
 def _needs(r: Request) -> list[str]:
@@ -215,6 +243,8 @@ def _needs(r: Request) -> list[str]:
 
 
 def _duplicates(field: str, ids: Any) -> list[str]:
+    if isinstance(ids, list) and len(set(ids)) == len(ids):
+        return []  # the common case, in C
     seen: dict[int, int] = {}
     problems = []
     for i, scan_id in enumerate(ids if isinstance(ids, list) else []):

@@ -5,11 +5,12 @@
   ``PermanentError`` for any other 4xx or 5xx, carrying the redacted body.
 - ``classify_exception`` / ``translate_request_errors`` do the same for ``requests``
   exceptions: connection errors, timeouts and cut-off bodies are transient.
-- ``RetryPolicy`` (and the ``retrying`` decorator) retry ``TransientError`` with
-  capped exponential backoff and full jitter, sleep at least ``retry_after``, and stop
-  at the time bound (and an attempt bound, if one is set); the last error is re-raised
-  as is. A connection slot taken with ``holding`` is given back while a retry sleeps,
-  and with a breaker (``daemon.outage``) tries wait while their instance is down.
+- ``RetryPolicy`` (and the ``retrying`` decorator) retry ``TransientError`` on
+  ``tenacity.Retrying`` with capped exponential backoff and full jitter, sleep at least
+  ``retry_after``, and stop at the time bound (and an attempt bound, if one is set);
+  the last error is re-raised as is. A connection slot taken with ``holding`` is given
+  back while a retry sleeps, and with a breaker (``daemon.outage``) tries wait while
+  their instance is down.
 
 Each retry is logged (with whatever the caller bound: ``logger.bind(run=..., item=...)``
 passed as ``log``, or ``logger.contextualize(...)`` around the call) and reported to
@@ -33,6 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ParamSpec, TypeVar
 
 import requests
+import tenacity
 from loguru import logger as default_logger
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
@@ -78,7 +80,7 @@ class ClassifiedTransientError(TransientError):
         self.cause = cause
 
 
-def cause_of(exc: BaseException) -> str:
+def cause_of(exc: BaseException | None) -> str:
     """A short label for why ``exc`` happened (``other`` when nothing says)."""
     if isinstance(exc, ClassifiedTransientError):
         return exc.cause
@@ -270,54 +272,20 @@ class RetryPolicy:
         unavailable past its ``outage_seconds``. ``keep_slots``: hold this thread's
         connection slots through the waits too, for a call made under a lock that slot
         holders wait for (taking a slot back there could deadlock)."""
-        log = log if log is not None else default_logger
-        spent = _Spent(self.clock)
-        ticket, attempt = Ticket(), 0
-        while True:
-            attempt += 1
-            ticket = self._admit(keep_slots, probed=ticket.probe)
-            spent.paused += ticket.waited
-            try:
-                result = fn()
-            except BaseException as exc:
-                self._record(ticket, exc)
-                if not isinstance(exc, Exception) or not retry_if(exc):
-                    raise
-                wait = self._wait_or_give_up(exc, attempt, spent, describe, log)
-                with contextlib.nullcontext() if keep_slots else slots_released():
-                    self.sleep(wait)
-                continue
-            self._record(ticket, None)
-            return result
+        one = _Call(self, describe, log if log is not None else default_logger, keep_slots)
+        retryer = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(retry_if),
+            wait=one.wait,
+            stop=one.stop,
+            before_sleep=one.before_sleep,
+            sleep=one.sleep,
+            reraise=True,  # the last error as is, not wrapped in a tenacity.RetryError
+        )
+        return retryer(one.attempt, fn)
 
-    def _admit(self, keep_slots: bool, probed: bool) -> Ticket:
-        """Pass the breaker; while its instance is down, wait without this thread's
-        slots (unless ``keep_slots``)."""
-        if self.breaker is None:
-            return Ticket()
-        if keep_slots or not self.breaker.unavailable:
-            return self.breaker.admit(STOPPING, probed)
-        with slots_released():
-            return self.breaker.admit(STOPPING, probed)
-
-    def _wait_or_give_up(self, exc: Exception, attempt: int, spent: _Spent, describe: str,
-                         log: Any) -> float:
-        """The wait before the next try, or ``exc`` re-raised if a bound is reached."""
-        wait = self.wait_for(attempt, exc)
-        if self._exhausted(attempt, spent.seconds() + wait):
-            log.warning("giving up on {} after {} tries in {:.1f}s: {}", describe, attempt,
-                        spent.seconds(), exc)
-            raise exc
-        _report(RetryEvent(describe, cause_of(exc), attempt, wait), self.attempts, exc, log)
-        if self.breaker is not None and self.breaker.unavailable:
-            spent.paused += wait  # a wait for the instance, not for this item
-        return wait
-
-    def _record(self, ticket: Ticket, error: BaseException | None) -> None:
-        if self.breaker is not None:
-            self.breaker.record(ticket, error)
-
-    def _exhausted(self, attempt: int, spent_after_wait: float) -> bool:
+    def exhausted(self, attempt: int, spent_after_wait: float) -> bool:
+        """Whether try ``attempt`` is the last (``spent_after_wait``: seconds spent by
+        the end of the next wait)."""
         if self.attempts is not None and attempt >= self.attempts:
             return True
         if self.breaker is not None and self.breaker.unavailable:
@@ -325,20 +293,86 @@ class RetryPolicy:
         return spent_after_wait >= self.max_seconds
 
 
-class _Spent:
-    """The time one call has spent on its own: since its first try, less its waits for
-    an unavailable instance."""
+class _Call:
+    """One ``RetryPolicy.call``: what tenacity is told to do at each step, and the time
+    the call has spent on its own (since its first try, less its waits for an
+    unavailable instance). The time is kept here, on the policy's clock, because
+    tenacity's own (``seconds_since_start``) can be neither injected nor paused. One
+    per call: the policy itself is shared by threads and holds no state."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.start = clock()
+    def __init__(self, policy: RetryPolicy, describe: str, log: Any, keep_slots: bool) -> None:
+        self.policy, self.describe, self.log = policy, describe, log
+        self.keep_slots = keep_slots
+        self.start = policy.clock()
         self.paused = 0.0
+        self.probed = False  # the last try was the breaker's probe
 
-    def seconds(self) -> float:
-        return self.clock() - self.start - self.paused
+    def spent(self) -> float:
+        return self.policy.clock() - self.start - self.paused
+
+    def attempt(self, fn: Callable[[], T]) -> T:
+        """One try of ``fn``, let through by the breaker and reported to it."""
+        ticket = self._admit()
+        self.paused += ticket.waited
+        self.probed = ticket.probe
+        try:
+            result = fn()
+        except BaseException as exc:
+            self._record(ticket, exc)
+            raise
+        self._record(ticket, None)
+        return result
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        return self.policy.wait_for(state.attempt_number, _error(state))
+
+    def stop(self, state: tenacity.RetryCallState) -> bool:
+        """Whether to give up rather than wait ``upcoming_sleep`` (tenacity 8.3 and later
+        compute the wait before asking); says so when it does."""
+        if not self.policy.exhausted(state.attempt_number,
+                                     self.spent() + state.upcoming_sleep):
+            return False
+        self.log.warning("giving up on {} after {} tries in {:.1f}s: {}", self.describe,
+                         state.attempt_number, self.spent(), _error(state))
+        return True
+
+    def before_sleep(self, state: tenacity.RetryCallState) -> None:
+        exc = _error(state)
+        event = RetryEvent(self.describe, cause_of(exc), state.attempt_number,
+                           state.upcoming_sleep)
+        _report(event, self.policy.attempts, exc, self.log)
+
+    def sleep(self, seconds: float) -> None:
+        """The retry wait, without this thread's slots (unless ``keep_slots``)."""
+        breaker = self.policy.breaker
+        if breaker is not None and breaker.unavailable:
+            self.paused += seconds  # a wait for the instance, not for this item
+        with contextlib.nullcontext() if self.keep_slots else slots_released():
+            self.policy.sleep(seconds)
+
+    def _admit(self) -> Ticket:
+        """Pass the breaker; while its instance is down, wait without this thread's
+        slots (unless ``keep_slots``)."""
+        breaker = self.policy.breaker
+        if breaker is None:
+            return Ticket()
+        if self.keep_slots or not breaker.unavailable:
+            return breaker.admit(STOPPING, self.probed)
+        with slots_released():
+            return breaker.admit(STOPPING, self.probed)
+
+    def _record(self, ticket: Ticket, error: BaseException | None) -> None:
+        if self.policy.breaker is not None:
+            self.policy.breaker.record(ticket, error)
 
 
-def _report(event: RetryEvent, attempts: int | None, exc: BaseException, log: Any) -> None:
+def _error(state: tenacity.RetryCallState) -> BaseException | None:
+    """The error of the try that just failed."""
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+def _report(event: RetryEvent, attempts: int | None, exc: BaseException | None,
+            log: Any) -> None:
     of = f"/{attempts}" if attempts is not None else ""
     log.warning("retrying {} in {:.1f}s (try {}{} failed, cause {}): {}", event.describe,
                 event.wait, event.attempt, of, event.cause, exc)

@@ -19,6 +19,7 @@ from loguru import logger
 from daemon import logs, metrics, outage
 from daemon.checkpoint import Checkpoint
 from daemon.config import Config
+from daemon.deliver import OutsideRoots, deliver
 from daemon.errors import FatalError, Interrupted, RequestError, TransientError
 from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
@@ -100,6 +101,8 @@ class Runner:
                     outage.watch([request.source, request.target], _waiting(state, log)):
                 result = handler_for(request.action)(self._context(request, run_dir, state,
                                                                     checkpoint, log))
+                if request.deliver_to is not None:
+                    result.extra["delivered_to"] = self._deliver(request, run_dir, log)
         except Interrupted:
             state.interrupted()
             log.warning("run interrupted by shutdown; it resumes at the next start")
@@ -124,6 +127,22 @@ class Runner:
         self._record(state, _status_of(result), result, [], False)
         log.info("run finished: {} ({})", state.data["status"], state.data["counts"])
         return self._settle_run(claimed, request, state)
+
+    def _deliver(self, request: Request, run_dir: Path, log: Any) -> str:
+        """The run's results also into ``deliver_to`` (``daemon.deliver``). A folder
+        that left the roots since validation fails the run; one that cannot be written
+        fails it transiently (a rerun delivers)."""
+        assert request.deliver_to is not None
+        try:
+            final = deliver(run_dir, request.action, request.deliver_to,
+                            self.config.delivery_roots)
+        except OutsideRoots as exc:
+            raise FatalError(f"deliver_to: {exc}") from exc
+        except OSError as exc:
+            raise TransientError(f"deliver_to: cannot write {request.deliver_to}: {exc}") \
+                from exc
+        log.info("results delivered to {}", final)
+        return str(final)
 
     def _context(self, request: Request, run_dir: Path, state: RunState,
                  checkpoint: Checkpoint, log: Any) -> RunContext:

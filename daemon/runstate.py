@@ -48,10 +48,13 @@ class RunState:
             self._write()
 
     def progress(self, done: int, total: int, **counts: Any) -> None:
+        """O(1) however big the run: at most one small rewrite per ``MIN_INTERVAL``, not
+        fsynced (progress is advisory: a crash loses at most the last one; the checkpoint
+        is what a resume trusts)."""
         with self._lock:
             self.data["progress"] = {"done": done, "total": total, **counts}
             if time.monotonic() - self._last_write >= MIN_INTERVAL or done == total:
-                self._write()
+                self._write(durable=False)
 
     def update(self, **fields: Any) -> None:
         with self._lock:
@@ -68,7 +71,7 @@ class RunState:
             self.data.update(status=status.value, finished_at=now_iso(), **fields)
             self._write()
 
-    def _write(self) -> None:
+    def _write(self, *, durable: bool = True) -> None:
         self.data["updated_at"] = now_iso()
-        write_json(self.path, self.data)
+        write_json(self.path, self.data, durable=durable)
         self._last_write = time.monotonic()

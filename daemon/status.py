@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
+from daemon.copyledger import FILE_NAME as COPY_LEDGER_FILE
 from daemon.health import instance_health
 from daemon.intake.claim import pending_claims, profile_of
 from daemon.intake.inbox import is_request_name, last_change, list_inbox
@@ -50,6 +53,7 @@ def collect(config: Config) -> dict[str, Any]:
         "last_results": _last_results(layout),
         "schedules": next_schedules(config),
         "instances": instance_health(config, waiting, daemon.get("instances") or []),
+        "markers_dropped": _markers_dropped(layout),
     }
     return status
 
@@ -68,6 +72,21 @@ def inbox_queue(layout: Layout, now: float) -> list[dict[str, Any]]:
 def not_requests(layout: Layout) -> int:
     """Files in the inbox whose names cannot be requests (refused once still)."""
     return sum(1 for p, _ in list_inbox(layout.inbox) if not is_request_name(p.name))
+
+
+def _markers_dropped(layout: Layout) -> list[dict[str, Any]]:
+    """Copy targets found to drop the exactly-once marker (the copy ledger's read-back):
+    exactly once rests on the upload IDs alone there."""
+    path = layout.state / COPY_LEDGER_FILE
+    if not path.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT target, field, checked_at FROM target_markers"
+                              " WHERE kept = 0 ORDER BY target").fetchall()
+    except sqlite3.Error:
+        return []  # an older ledger without the table, or one being created
+    return [{"target": t, "field": f, "checked_at": at} for t, f, at in rows]
 
 
 def _daemon(layout: Layout, now: float) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """``scanrelay new``: a guided request, question by question, with defaults.
 
 It asks only what the chosen action needs, offers the configured instances and
-profiles, validates the answers with the same code as the daemon, and ends by writing
-the request into the inbox. Passwords are never asked: they live in credentials.
+profiles, validates the answers with the same code as the daemon, shows what a
+selection by store and dates matches (``scanrelay select``) before it keeps it, and ends
+by writing the request into the inbox. Passwords are never asked: they live in credentials.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from rich.console import Console
 from rich.prompt import Confirm, IntPrompt, Prompt
 
 from daemon.config import Config
-from daemon.errors import RequestError
-from daemon.request import ACTIONS, build_request
+from daemon.errors import RequestError, ScanrelayError
+from daemon.instances.registry import Instances
+from daemon.request import ACTIONS, build_request, build_select
+from daemon.selection import preview, show
 from daemon.submit import drop_request
 
 IDS = re.compile(r"[\s,;]+")
@@ -26,8 +29,15 @@ class Wizard:
     def __init__(self, config: Config, console: Console) -> None:
         self.config = config
         self.console = console
+        self.instances = Instances(config)  # opened only for a selection's preview
 
     def run(self) -> Path:
+        try:
+            return self._run()
+        finally:
+            self.instances.close()
+
+    def _run(self) -> Path:
         raw = self._ask_all()
         while True:
             try:
@@ -52,7 +62,7 @@ class Wizard:
         if action in ("copy", "analyze"):
             others = [i for i in instances if i != raw["source"]] or instances
             raw["target"] = self._choose("Target instance", others)
-        raw.update(self._scans(action))
+        raw.update(self._scans(action, raw["source"]))
         if action == "copy":
             raw["target_store_id"] = IntPrompt.ask("Target store ID", console=self.console)
             raw["mode"] = Prompt.ask("Mode (auto: the target maps sections itself; mapped: "
@@ -68,7 +78,7 @@ class Wizard:
     def _choose(self, question: str, names: list[str]) -> str:
         return Prompt.ask(question, choices=names, default=names[0], console=self.console)
 
-    def _scans(self, action: str) -> dict[str, Any]:
+    def _scans(self, action: str, source: str) -> dict[str, Any]:
         if action == "analyze":
             return self._pairs()
         text = Prompt.ask("Scan IDs (typed or pasted, separated by commas, spaces or lines, "
@@ -76,6 +86,26 @@ class Wizard:
                           "dates)", default="", console=self.console)
         if text.strip():
             return {"scan_ids": self._ids(text + " " + self._more_lines())}
+        while True:
+            select = self._select()
+            if self._previewed(source, select):
+                return {"select": select}
+
+    def _previewed(self, source: str, select: dict[str, Any]) -> bool:
+        """Show what ``select`` matches now (as ``scanrelay select``); whether to keep it.
+        Relative dates are resolved again when the request runs."""
+        try:
+            result = preview(self.instances.get(source), build_select(select))
+        except RequestError:
+            return True  # the request's own validation names the problem
+        except ScanrelayError as exc:
+            self.console.print(f"cannot preview the selection: {exc}", markup=False)
+            return Confirm.ask("Keep this selection anyway?", default=True, console=self.console)
+        show(result, self.console)
+        return Confirm.ask(f"Use this selection ({result.count} scans now)?",
+                           default=result.count > 0, console=self.console)
+
+    def _select(self) -> dict[str, Any]:
         select: dict[str, Any] = {
             "store_id": IntPrompt.ask("Store ID", console=self.console),
             "captured_from": Prompt.ask("Captured from (YYYY-MM-DD, today, yesterday, -7d)",
@@ -86,7 +116,7 @@ class Wizard:
                               console=self.console)
         if limit:
             select["limit"] = limit
-        return {"select": select}
+        return select
 
     def _pairs(self) -> dict[str, Any]:
         run = Prompt.ask("Copy run to analyse (run ID; empty to type scan pairs)",

@@ -33,8 +33,8 @@ from daemon.layout import Layout
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
 from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline
-from handlers.copy_plan import How, ScanOutcome, eta_text
-from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, forget_finished
+from handlers.copy_plan import How, ScanOutcome, Tries, eta_text
+from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier
 from handlers.download import WORKERS_PER_SLOT, batches, resolve_scan_ids
 from handlers.mapping import MappingRow, mapping_writer
 from handlers.runcsv import RunCsv
@@ -54,7 +54,8 @@ def run(ctx: RunContext) -> HandlerResult:
     settings = CopySettings(
         run_id=ctx.run_id, source=request.source, target=request.target,
         store=request.target_store_id, mode=request.mode, force=request.force,
-        marker_field=_marker_field(ctx, request.target), with_details=target.kind == "folder")
+        marker_field=_marker_field(ctx, request.target), with_details=target.kind == "folder",
+        captured_at=request.captured_at or ctx.config.copy_.captured_at)
     chunks = [list(c) for c in batches(scan_ids, request.batch_size)]
     ledger = _open_ledger(ctx)
     try:
@@ -65,6 +66,8 @@ def run(ctx: RunContext) -> HandlerResult:
                 result.extra["analysis"] = {"status": "skipped", "reason": "dry run"}
             return result
         result, pairs = _copy(ctx, source, target, copier, chunks, len(scan_ids))
+        if copier.marker_kept is not None:  # read back after this run's first create
+            result.extra["marker_kept"] = copier.marker_kept
     except sqlite3.Error as exc:
         raise FatalError(f"the copy ledger {ledger.path} is unusable: {exc}") from exc
     finally:
@@ -102,7 +105,6 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
     tmp = ctx.run_dir / TMP_DIR
     for stale in tmp.glob("*/.*.part"):  # half-written by a crash: this run owns them
         stale.unlink()
-    forget_finished(ctx)
     passes = ctx.config.retry.passes
     report = Report(ctx, total, len(chunks), keep_pairs=ctx.request.analyze,
                     hold=passes > 0)
@@ -187,7 +189,11 @@ class Report:
         elapsed = time.monotonic() - self.started
         failed = sum(o.status is ItemStatus.FAILED for o in outcomes)
         ok = sum(o.status is ItemStatus.OK for o in outcomes)
-        self.ctx.log.info(
+        # A batch done before a restart is no news: DEBUG, as thousands of lines would
+        # slow the resume down.
+        before = all(o.reused and o.tries == Tries() for o in outcomes)
+        self.ctx.log.log(
+            "DEBUG" if before else "INFO",
             "[BATCH {}/{}] {} scans: {} copied, {} skipped, {} failed | {}/{} scans, "
             "{:.1f} scans/s, ETA {}", number, self.batches, len(outcomes), ok,
             len(outcomes) - ok - failed, failed, done, self.total,

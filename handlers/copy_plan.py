@@ -6,10 +6,11 @@ Create payload (SPEC §4): the source scan's create payload (``provided_values``
 ``_raw_data`` where the platform keeps it there), minus ``task_id, id, created_at,
 updated_at`` always and minus the section/POG assignment (``category_id, section_id,
 store_planogram, aisle, task_id, replace_id``) in ``auto`` mode; then ``store``,
-``files`` (the target's upload IDs, in the source's file order) and ``captured_at`` are
-set, and the marker field (the target's ``marker_field``) carries the marker. For a
-folder target (an archive) the source's ``reports`` ride along, so the archive keeps
-the analysis (SPEC §9); no platform payload carries them.
+``files`` (the target's upload IDs, in the source's file order) and ``captured_at`` (the
+copy's time as integer epoch seconds, or with ``captured_at: source`` the source's
+value as it is) are set, and the marker field (the target's ``marker_field``) carries
+the marker. For a folder target (an archive) the source's ``reports`` ride along, so
+the archive keeps the analysis (SPEC §9); no platform payload carries them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from daemon.errors import PermanentError
-from daemon.instances.base import Scan
+from daemon.instances.base import Scan, captured_datetime
 from handlers.base import ItemStatus
 
 ALWAYS_DROPPED = frozenset({"task_id", "id", "created_at", "updated_at"})
@@ -39,6 +40,7 @@ MIN_CREATE_SUCCESS = 0.5
 MAX_BATCH_RETRIES = 3
 
 Mode = Literal["auto", "mapped"]
+CapturedAtMode = Literal["now", "source"]
 
 
 class Stage(StrEnum):
@@ -115,24 +117,34 @@ def source_payload(scan: Scan) -> dict[str, Any]:
     return dict(raw) if isinstance(raw, Mapping) else dict(values)
 
 
-def capture_time(scan: Scan) -> str:
-    """The scan's capture time (ISO 8601); its creation time where none was recorded.
-    Raises ``PermanentError`` when the scan has neither."""
-    captured = scan.captured_at or source_payload(scan).get("captured_at") or scan.created_at
-    if not isinstance(captured, str) or not captured:
+def source_capture_time(scan: Scan) -> str | int | float:
+    """The source scan's own capture time, with its JSON type unchanged (ISO text or
+    epoch seconds); its creation time where none was recorded. Raises
+    ``PermanentError`` when the scan has neither."""
+    captured = source_payload(scan).get("captured_at")
+    if captured is None or captured == "":
+        captured = scan.captured_at or scan.created_at
+    if captured_datetime(captured) is None:
         raise PermanentError(f"scan {scan.id} has no capture time")
+    assert captured is not None  # a valid time is never None
     return captured
+
+
+def capture_value(scan: Scan, captured_at: CapturedAtMode, now: float) -> str | int | float:
+    """``captured_at`` of the copy: ``now`` is the copy's time in integer epoch seconds
+    (what the old scripts sent, so the target maps it with today's planograms);
+    ``source`` is the source's own value (``source_capture_time``)."""
+    return int(now) if captured_at == "now" else source_capture_time(scan)
 
 
 def build_payload(scan: Scan, *, mode: Mode, store: int, upload_ids: Sequence[int],
                   marker_field: str | None, marker: str | None,
-                  with_details: bool) -> dict[str, Any]:
-    """The create payload of ``scan``'s copy (see the module docstring). Raises
-    ``PermanentError`` when the scan has no capture time."""
+                  with_details: bool, captured_at: str | int | float) -> dict[str, Any]:
+    """The create payload of ``scan``'s copy (see the module docstring)."""
     dropped = ALWAYS_DROPPED | REPLACED | (ASSIGNMENT if mode == "auto" else frozenset())
     payload = {k: v for k, v in source_payload(scan).items()
                if k not in dropped and k != marker_field}
-    payload.update(store=store, files=list(upload_ids), captured_at=capture_time(scan))
+    payload.update(store=store, files=list(upload_ids), captured_at=captured_at)
     if marker_field:
         payload[marker_field] = marker
     if with_details and scan.reports:

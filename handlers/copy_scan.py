@@ -13,14 +13,18 @@ Checkpoint records (``ctx.checkpoint``, the fsynced journal; ``S`` = source scan
   this run, recovered by its marker, or an existing copy; ``marker, files, bytes``).
 
 Once a scan is created its records are dropped from the checkpoint's memory (the
-journal keeps them), so memory does not grow with the number of scans.
+journal keeps them), so memory does not grow with the number of scans; a resumed run
+reads the records it needs back from the journal (``daemon.checkpoint``).
 
-Exactly once (SPEC §8): before creating, the intent is journalled and put into the copy
-ledger; a create that fails without a clear answer (reset, timeout, 5xx) is followed by
-a marker look-up in the target before it is tried again, and so is a create whose
-intent a crashed run left behind (its own, or for a plain copy another run's). With
-``marker_field: null`` nothing can be looked up, so such a create is never repeated: the
-scan fails instead, saying it may exist in the target.
+Exactly once (SPEC §8): before creating, the intent is journalled with the attempt's
+upload IDs and put into the copy ledger. A create that fails without a clear answer
+(reset, timeout, 5xx) is followed by a look-up in the target before it is tried again,
+and so is a create whose intent a crashed run left behind (its own, or for a plain
+copy another run's): first for a scan holding the intent's upload IDs (they are ours
+alone, so this holds whatever the target keeps of the payload), then by the marker
+where the target keeps it. After a run's first create the marker is read back once; a
+target that dropped it is reported (log, ``scanrelay status``) and marker look-ups stop
+for that run. ``marker_field: null`` sends no marker; the upload IDs still hold.
 """
 
 from __future__ import annotations
@@ -28,23 +32,27 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 
-from daemon.copyledger import CopyKey, CopyLedger, key_lock
+from daemon.copyledger import CopyKey, CopyLedger, OpenIntent, key_lock
 from daemon.errors import PermanentError, ScanrelayError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan
 from daemon.retry import RetryPolicy
 from handlers.base import ItemStatus, RunContext
 from handlers.copy_plan import (
+    CapturedAtMode,
     How,
     Mode,
     ScanOutcome,
     Stage,
     Tries,
     build_payload,
+    capture_value,
     failed,
     marker_value,
 )
@@ -68,6 +76,7 @@ class CopySettings:
     force: bool
     marker_field: str | None
     with_details: bool
+    captured_at: CapturedAtMode = "now"
 
     def key(self, scan_id: int) -> CopyKey:
         return CopyKey(self.source, scan_id, self.target, self.store)
@@ -126,15 +135,6 @@ def superseded(scan_id: int, file_ids: list[int]) -> list[str]:
         + [_keys(scan_id)[0]]
 
 
-def forget_finished(ctx: RunContext) -> None:
-    """After a restart: drop from memory the step records of scans already created."""
-    records = ctx.checkpoint.records()
-    created = {r["key"].rsplit(":", 1)[1] for r in records
-               if r["key"].startswith("copy:created:")}
-    ctx.checkpoint.forget(r["key"] for r in records if r["key"].startswith(
-        ("copy:down:", "copy:up:", "copy:intent:")) and r["key"].split(":")[2] in created)
-
-
 class ScanCopier:
     """Copies scans of one run; thread-safe (each call works on its own scan)."""
 
@@ -150,6 +150,10 @@ class ScanCopier:
         retry = ctx.config.retry
         self.create_policy = RetryPolicy(max_seconds=retry.max_seconds, base=retry.base,
                                          cap=retry.cap)
+        # Whether the target keeps the marker (None: not read back yet in this run).
+        self.marker_kept: bool | None = None
+        self._marker_asked = False
+        self._marker_lock = threading.Lock()
 
     # --- decided without work ------------------------------------------------------
 
@@ -282,52 +286,63 @@ class ScanCopier:
         marker = s.marker(scan.id)
         tally.creates += 1
         try:
-            payload = build_payload(scan, mode=s.mode, store=s.store, upload_ids=upload_ids,
-                                    marker_field=s.marker_field, marker=marker,
-                                    with_details=s.with_details)
-            if s.marker_field is None:
-                made = self._create_unmarked(scan.id, payload)
+            payload = build_payload(
+                scan, mode=s.mode, store=s.store, upload_ids=upload_ids,
+                marker_field=s.marker_field, marker=marker, with_details=s.with_details,
+                captured_at=capture_value(scan, s.captured_at, time.time()))
+            with key_lock(s.key(scan.id)):  # look up, create and record as one
+                made = self._look_up_earlier(scan.id, marker) \
+                    or self._create_new(scan.id, payload, OpenIntent(marker, tuple(upload_ids)))
                 self._record_created(scan.id, made, tally)
-            else:
-                with key_lock(s.key(scan.id)):  # look up, create and record as one
-                    made = self._look_up_earlier(scan.id, s.marker_field, marker) \
-                        or self._create_marked(scan.id, payload, s.marker_field, marker)
-                    self._record_created(scan.id, made, tally)
         except (PermanentError, TransientError) as exc:
             raise StepFailed(Stage.CREATE, exc) from exc
         tally.creates_ok += 1
+        if made.how is How.CREATED:
+            self._check_marker_kept(made)
         return made.target_id, made.how
 
-    def _look_up_earlier(self, scan_id: int, field: str, marker: str) -> _Made | None:
+    def _find(self, intent: OpenIntent) -> int | None:
+        """The target scan of an intended create: by its upload IDs (ours alone, so
+        this holds whatever the target keeps of the payload), then by its marker where
+        the target keeps it (and for intents journalled without upload IDs)."""
+        found = self.target.find_scan_by_files(intent.upload_ids) if intent.upload_ids \
+            else None
+        field = self.settings.marker_field
+        if found is None and field is not None and self.marker_kept is not False:
+            found = self.target.find_scan_by_marker(field, intent.marker)
+        return found
+
+    def _look_up_earlier(self, scan_id: int, marker: str) -> _Made | None:
         """A copy that exists already: in the ledger (a concurrent run finished it), or
-        found by the marker of an unconfirmed create (this run's; for a plain copy,
-        any run's)."""
+        found for an unconfirmed create (this run's; for a plain copy, any run's)."""
         s = self.settings
         state = self.ledger.state(s.key(scan_id))
         if not s.force and state.copied_to is not None:
             return _Made(state.copied_to, How.EXISTING, None)  # the ledger has it already
-        ours = self.ctx.checkpoint.get(_keys(scan_id)[0]) is not None
-        candidates = [marker] if ours else []
+        ours = self.ctx.checkpoint.get(_keys(scan_id)[0])
+        candidates = [OpenIntent(marker, tuple(ours.get("upload_ids", ())))] if ours else []
         if not s.force:
-            candidates += [m for m in state.open_markers if m not in candidates]
+            candidates += [i for i in state.open_intents if i not in candidates]
         for candidate in candidates:
-            found = self.target.find_scan_by_marker(field, candidate)
+            found = self._find(candidate)
             if found is not None:
-                how = How.RECOVERED if ours and candidate == marker else How.EXISTING
-                self.ctx.log.info("scan {}: found its copy {} in {} by marker {}", scan_id,
-                                  found, s.target, candidate)
-                return _Made(found, how, candidate)
+                mine = ours is not None and candidate.marker == marker
+                how = How.RECOVERED if mine else How.EXISTING
+                self.ctx.log.info("scan {}: found its copy {} in {} (uploads {}, marker {})",
+                                  scan_id, found, s.target, list(candidate.upload_ids),
+                                  candidate.marker)
+                return _Made(found, how, candidate.marker)
         return None
 
-    def _create_marked(self, scan_id: int, payload: dict[str, object], field: str,
-                       marker: str) -> _Made:
-        self._record_intent(scan_id, marker)
+    def _create_new(self, scan_id: int, payload: dict[str, object],
+                    intent: OpenIntent) -> _Made:
+        self._record_intent(scan_id, intent)
         asked = False
 
         def attempt() -> tuple[int, How]:
             nonlocal asked
             if asked:  # the last try may have created it without our knowing
-                found = self.target.find_scan_by_marker(field, marker)
+                found = self._find(intent)
                 if found is not None:
                     return found, How.RECOVERED
             self.ctx.check_stop()
@@ -340,28 +355,39 @@ class ScanCopier:
         if how is How.RECOVERED:
             self.ctx.log.info("scan {}: its create had committed ({} in {})", scan_id,
                               target_id, self.settings.target)
-        return _Made(target_id, how, marker)
+        return _Made(target_id, how, intent.marker)
 
-    def _create_unmarked(self, scan_id: int, payload: dict[str, object]) -> _Made:
-        """Without a marker field: one create at most, ever, for this run's scan."""
+    def _check_marker_kept(self, made: _Made) -> None:
+        """Once per run, after its first create: read the marker back. A target that
+        dropped it is said so (log, once per target; ``scanrelay status``), and marker
+        look-ups stop for the run: the upload IDs carry exactly once alone."""
         s = self.settings
-        if self.ctx.checkpoint.get(_keys(scan_id)[0]) is not None:
-            raise PermanentError(
-                f"an earlier create may have made it in {s.target}; with marker_field null "
-                "it cannot be looked up, so it is not created again (check the target)")
-        self._record_intent(scan_id, s.marker(scan_id))
-        try:
-            with connection(self.target):
-                target_id = self.target.create_scan(payload)
-        except TransientError as exc:
-            raise PermanentError(f"{exc}; with marker_field null it is not retried: it may "
-                                 f"exist in {s.target} (check the target)") from exc
-        return _Made(target_id, How.CREATED, s.marker(scan_id))
+        with self._marker_lock:
+            if s.marker_field is None or made.marker is None or self._marker_asked:
+                return
+            self._marker_asked = True
+        try:  # by the scan's ID: no search through the target's payloads
+            created = self.target.get_scans([made.target_id])
+        except (PermanentError, TransientError) as exc:
+            self.ctx.log.info("could not read the marker back from {}: {}", s.target, exc)
+            return
+        if not created:
+            return  # not readable yet: nothing learnt either way
+        kept = created[0].provided_values.get(s.marker_field) == made.marker
+        before = self.ledger.marker_check(s.target, s.marker_field)
+        self.ledger.record_marker_check(s.target, s.marker_field, kept)
+        self.marker_kept = kept
+        if not kept and (before is None or before.kept):
+            self.ctx.log.warning(
+                "target {} does not keep the marker field {} of a create (it dropped it "
+                "from scan {}): exactly once rests on the upload IDs alone there",
+                s.target, s.marker_field, made.target_id)
 
-    def _record_intent(self, scan_id: int, marker: str) -> None:
+    def _record_intent(self, scan_id: int, intent: OpenIntent) -> None:
         s = self.settings
-        self.ctx.checkpoint.record(_keys(scan_id)[0], marker=marker)
-        self.ledger.intent(s.key(scan_id), marker, s.run_id)
+        self.ctx.checkpoint.record(_keys(scan_id)[0], marker=intent.marker,
+                                   upload_ids=list(intent.upload_ids))
+        self.ledger.intent(s.key(scan_id), intent.marker, s.run_id, intent.upload_ids)
 
     def _record_created(self, scan_id: int, made: _Made, tally: _Tally) -> None:
         s = self.settings

@@ -11,7 +11,10 @@ batches still complete in order for progress lines and the manifest.
 The last pass (``retry.passes``): a scan whose files failed only transiently is held
 back from its batch's report; at the end of the run its failed files are fetched again,
 once per pass, and only then is the scan reported, ok or failed.
-A resumed run skips every file whose journal record still matches the file on disk.
+A resumed run skips every file whose journal record still matches the file on disk
+(re-hashed), and every batch that had finished whole (one ``download:batch`` record
+listing its files, each checked by size) without asking the source again, so a resume
+reaches its first new file in seconds however many scans were done before.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class Batch:
     scan_ids: Sequence[int]
     missing: dict[int, str]  # scan ID → why it cannot be downloaded
     futures: list[Future[FileOutcome]]
+    finished: list[FileOutcome] | None = None  # the whole batch, from its batch record
 
 
 def plan(scans: Sequence[Scan]) -> list[FileTask]:
@@ -151,6 +155,9 @@ def resolve_scan_ids(ctx: RunContext, source: Instance) -> list[int]:
 
 def _start(ctx: RunContext, source: Instance, pool: ThreadPoolExecutor, number: int,
            chunk: Sequence[int], images: Path) -> Batch:
+    finished = _finished_before(ctx, number, chunk)
+    if finished is not None:
+        return Batch(number, chunk, {}, [], finished)
     scans = source.get_scans(chunk)
     found = {s.id for s in scans}
     missing = {i: f"scan {i} not found in {source.name}" for i in chunk if i not in found}
@@ -166,7 +173,7 @@ def _finish(ctx: RunContext, batch: Batch, total_batches: int, result: HandlerRe
             manifest: RunCsv, held: Held | None) -> None:
     """Wait for a batch and report it, but for the scans ``held`` back for the last
     pass. An ``Interrupted`` or ``FatalError`` of any file stops the run."""
-    outcomes = _outcomes(batch.futures)
+    outcomes = batch.finished if batch.finished is not None else _outcomes(batch.futures)
     by_scan = _by_scan(outcomes)
     if held is not None:
         for scan_id, outs in by_scan.items():
@@ -179,15 +186,53 @@ def _finish(ctx: RunContext, batch: Batch, total_batches: int, result: HandlerRe
     reported = [o for outs in kept.values() for o in outs]
     _count(result.counts, reported)
     manifest.write(_rows(reported, batch.missing))
-    # This run will not look at these records again (a resume reloads the journal), so
+    if batch.finished is None and not batch.missing and not any(o.error for o in outcomes):
+        _record_batch(ctx, batch, outcomes)
+    # This run will not look at these records again (a resume reads the journal), so
     # memory stays flat however many files the run has.
     ctx.checkpoint.forget(o.task.key for o in outcomes)
     waiting = len(held.scans) if held is not None else 0
-    ctx.log.info("[BATCH {}/{}] {} scans, {} files, {} failed scans so far, {} held for "
-                 "the last pass", batch.number, total_batches, len(batch.scan_ids),
-                 len(outcomes), len(result.failed), waiting)
+    # A batch finished before a restart is no news: logged at DEBUG only, as thousands
+    # of lines would slow the resume down.
+    ctx.log.log("DEBUG" if batch.finished is not None else "INFO",
+                "[BATCH {}/{}] {} scans, {} files, {} failed scans so far, {} held for the "
+                "last pass", batch.number, total_batches, len(batch.scan_ids),
+                len(outcomes), len(result.failed), waiting)
     ctx.progress(result.total, result.counts["scans"], batch=batch.number,
                  batches=total_batches, failed=len(result.failed), held=waiting)
+
+
+def _batch_key(number: int) -> str:
+    return f"download:batch:{number}"
+
+
+def _record_batch(ctx: RunContext, batch: Batch, outcomes: list[FileOutcome]) -> None:
+    """Journal a batch whose every file is on disk, so that a resume skips it whole."""
+    files = [[o.task.scan_id, o.task.ref.file_id, o.path, o.size, o.sha256] for o in outcomes]
+    ctx.checkpoint.record(_batch_key(batch.number), scan_ids=list(batch.scan_ids),
+                          files=files)
+    ctx.checkpoint.forget([_batch_key(batch.number)])
+
+
+def _finished_before(ctx: RunContext, number: int,
+                     chunk: Sequence[int]) -> list[FileOutcome] | None:
+    """The files of a batch a run before a restart finished whole, if its record is for
+    these scans and every file is still there with its size; else None (the batch is
+    done again, reusing each file whose record matches its hash)."""
+    record = ctx.checkpoint.get(_batch_key(number))
+    if record is None or record.get("scan_ids") != list(chunk):
+        return None
+    outcomes = []
+    run_dir = str(ctx.run_dir)
+    for scan_id, file_id, path, size, sha256 in record["files"]:
+        try:
+            if os.stat(os.path.join(run_dir, path)).st_size != size:
+                return None
+        except OSError:
+            return None
+        outcomes.append(FileOutcome(FileTask(scan_id, FileRef(file_id), ""), path, size,
+                                    sha256, reused=True))
+    return outcomes
 
 
 def _outcomes(futures: list[Future[FileOutcome]]) -> list[FileOutcome]:

@@ -95,9 +95,9 @@ def copy_scans(source: RefServer, target: RefServer, source_ids: list[int], file
                dict[int, list[int]], store: int) -> dict[int, int]:
     """Create one target scan per source scan from the source's file bytes, in auto mode
     (no section or store planogram given): the target recognises it from the bytes.
-    The capture time is the source's, as a copy keeps it (the target keeps one store
-    planogram compliance row per day, so copies must not share a day). Returns source
-    ID → target ID."""
+    The capture time is the source's, as a copy with ``captured_at: source`` keeps it
+    (the target keeps one store planogram compliance row per day, so copies must not
+    share a day). Returns source ID → target ID."""
     src, tgt = Api(source), Api(target)
     created = {}
     for scan_id in source_ids:

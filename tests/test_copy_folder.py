@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def run_copy(root: Path, name: str, timeout: float = 60, **extra: Any
 def test_folder_to_folder_copy_skip_force_and_dry_run(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     with DaemonProcess(root):
+        before = int(time.time())
         folder, result = run_copy(root, "first.json")
         assert (folder, result["status"]) == ("done", "done"), result
         run_dir = root / result["run_dir"]
@@ -58,7 +60,10 @@ def test_folder_to_folder_copy_skip_force_and_dry_run(tmp_path: Path) -> None:
         for row in rows:
             src, dst = source[int(row["Source_Scan_ID"])], target[int(row["Target_Scan_ID"])]
             assert dst["store_id"] == STORE
-            assert dst["captured_at"] == src["captured_at"]
+            # captured_at: now (the default): the copy's time in integer epoch seconds
+            sent = dst["provided_values"]["captured_at"]
+            assert isinstance(sent, int) and before <= sent <= time.time()
+            assert dst["captured_at"] == datetime.fromtimestamp(sent, UTC).isoformat()
             assert dst["reports"] == src["reports"]  # the archive keeps the reports
             assert file_hashes(root, TARGET, dst) == file_hashes(root, SOURCE, src)
             assert [f["filename"] for f in dst["files"]] == [f["filename"] for f in src["files"]]

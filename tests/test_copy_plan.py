@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.copyledger import CopyKey, CopyLedger, key_lock
+from daemon.copyledger import CopyKey, CopyLedger, OpenIntent, key_lock
 from daemon.errors import PermanentError
 from daemon.instances.base import FileRef, Scan, ScanDetails
 from handlers.base import ItemStatus
@@ -19,9 +19,11 @@ from handlers.copy_plan import (
     batch_retry,
     batch_shares,
     build_payload,
+    capture_value,
     eta_text,
     failed,
     marker_value,
+    source_capture_time,
 )
 
 RAW = {
@@ -47,15 +49,16 @@ def platform_scan(raw: dict[str, object] | None = None, **kw: object) -> Scan:
 def test_auto_drops_assignment_and_bookkeeping_and_sets_the_rest() -> None:
     payload = build_payload(platform_scan(), mode="auto", store=9, upload_ids=[501, 502],
                             marker_field="scanrelay_ref", marker="prod:42:9",
-                            with_details=False)
+                            with_details=False, captured_at=1754049600)
     assert payload == {"store": 9, "files": [501, 502],
-                       "captured_at": "2025-08-01T12:00:00+00:00", "device": "phone",
+                       "captured_at": 1754049600, "device": "phone",
                        "note": "«seeded»", "scanrelay_ref": "prod:42:9"}
 
 
 def test_mapped_keeps_the_assignment_but_not_task_id() -> None:
     payload = build_payload(platform_scan(), mode="mapped", store=9, upload_ids=[501, 502],
-                            marker_field="ref", marker="m", with_details=False)
+                            marker_field="ref", marker="m", with_details=False,
+                            captured_at=1)
     assert payload["category_id"] == 7 and payload["section_id"] == 70
     assert payload["store_planogram"] == 700 and payload["aisle"] == "Aisle 2/3"
     assert "replace_id" in payload and payload["replace_id"] is None
@@ -68,7 +71,8 @@ def test_mapped_keeps_the_assignment_but_not_task_id() -> None:
 def test_no_marker_field_means_no_marker_and_folder_payloads_are_read_as_is() -> None:
     folder_scan = platform_scan(provided_values={**RAW, "details": {"section_name": "x"}})
     payload = build_payload(folder_scan, mode="auto", store=1, upload_ids=[1, 2],
-                            marker_field=None, marker="unused", with_details=True)
+                            marker_field=None, marker="unused", with_details=True,
+                            captured_at=1)
     assert "unused" not in payload.values()
     assert "details" not in payload  # the scan's reports, not the payload's
     assert [r["section_name"] for r in payload["reports"]] == ["Cola", "Door"]
@@ -76,15 +80,27 @@ def test_no_marker_field_means_no_marker_and_folder_payloads_are_read_as_is() ->
     assert payload["device"] == "phone"
 
 
-def test_capture_time_falls_back_to_creation_and_fails_without_either() -> None:
+def test_captured_at_now_is_integer_epoch_seconds_of_the_copy() -> None:
+    assert capture_value(platform_scan(), "now", 1754049600.75) == 1754049600
+    assert isinstance(capture_value(platform_scan(), "now", 1754049600.75), int)
+
+
+def test_captured_at_source_keeps_the_json_type_of_the_source_value() -> None:
+    iso = platform_scan()
+    assert capture_value(iso, "source", 0) == "2025-08-01T12:00:00+00:00"
+    epoch = platform_scan(raw={**RAW, "captured_at": 1754049600}, captured_at=1754049600)
+    value = capture_value(epoch, "source", 0)
+    assert value == 1754049600 and isinstance(value, int)
+
+
+def test_source_capture_time_falls_back_to_creation_and_fails_without_either() -> None:
     no_capture = platform_scan(raw={"device": "d"}, captured_at=None)
-    payload = build_payload(no_capture, mode="auto", store=1, upload_ids=[1],
-                            marker_field=None, marker=None, with_details=False)
-    assert payload["captured_at"] == "2025-08-01T12:07:00+00:00"
+    assert source_capture_time(no_capture) == "2025-08-01T12:07:00+00:00"
     with pytest.raises(PermanentError, match="no capture time"):
-        build_payload(platform_scan(raw={}, captured_at=None, created_at=None), mode="auto",
-                      store=1, upload_ids=[1], marker_field=None, marker=None,
-                      with_details=False)
+        source_capture_time(platform_scan(raw={}, captured_at=None, created_at=None))
+    with pytest.raises(PermanentError, match="no capture time"):
+        source_capture_time(platform_scan(raw={"captured_at": "soon"}, captured_at=None,
+                                          created_at=None))
 
 
 def test_marker_is_per_source_scan_and_store_and_per_forced_run() -> None:
@@ -154,6 +170,34 @@ def test_ledger_remembers_copies_and_open_intents_across_connections(tmp_path: P
     again.close()
 
 
+def test_ledger_keeps_each_intended_creates_upload_ids_until_it_is_confirmed(
+        tmp_path: Path) -> None:
+    ledger = CopyLedger(tmp_path / "state")
+    key = CopyKey("prod", 42, "qa", 9)
+    ledger.intent(key, "prod:42:9", "run-a", [501, 502])
+    ledger.intent(key, "prod:42:9", "run-b", [601, 602])  # a rerun's own uploads
+    ledger.close()
+    again = CopyLedger(tmp_path / "state")
+    assert again.state(key).open_intents == (OpenIntent("prod:42:9", (501, 502)),
+                                             OpenIntent("prod:42:9", (601, 602)))
+    again.copied(key, "prod:42:9", "run-b", 777)
+    assert again.state(key).open_intents == ()
+    again.close()
+
+
+def test_ledger_remembers_which_targets_drop_the_marker(tmp_path: Path) -> None:
+    ledger = CopyLedger(tmp_path)
+    assert ledger.marker_check("qa", "scanrelay_ref") is None
+    ledger.record_marker_check("qa", "scanrelay_ref", False)
+    ledger.record_marker_check("stage", "scanrelay_ref", True)
+    check = ledger.marker_check("qa", "scanrelay_ref")
+    assert check is not None and not check.kept
+    assert [(c.target, c.field) for c in ledger.dropped_markers()] == [("qa", "scanrelay_ref")]
+    ledger.record_marker_check("qa", "scanrelay_ref", True)
+    assert ledger.dropped_markers() == []
+    ledger.close()
+
+
 def test_ledger_states_handles_more_ids_than_one_query_takes(tmp_path: Path) -> None:
     ledger = CopyLedger(tmp_path)
     for i in range(1, 1201, 3):
@@ -189,8 +233,11 @@ def test_checkpoint_forget_frees_memory_but_keeps_the_journal(tmp_path: Path) ->
     for key in superseded(7, [70, 71]):
         journal.record(key, upload_id=1)
     journal.record("copy:created:7", target_scan_id=9, marker="m", how="created")
+    assert journal.held() == 6
     journal.forget(superseded(7, [70, 71]) + ["not-there"])
-    assert [r["key"] for r in journal.records()] == ["copy:created:7"]
+    assert journal.held() == 1 and journal.get("copy:created:7") is not None
+    assert journal.get("copy:up:7:71") is None  # written since the open, now forgotten
+    assert len(journal.records()) == 6  # the journal keeps every record
     journal.close()
     reloaded = Checkpoint(tmp_path)
     assert reloaded.get("copy:up:7:71") == {"key": "copy:up:7:71", "upload_id": 1}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,9 +71,10 @@ def test_auto_and_mapped_payloads_as_the_target_received_them(
     ids = seeded.scan_ids
     folder, auto = copy_once(root, env, "auto.json", copy_request("prod", "qa", store, ids))
     assert (folder, auto["status"]) == ("done", "done"), auto
+    auto_done_by = time.time()
     folder, mapped = copy_once(root, env, "mapped.json",
                                copy_request("prod", "qa", store, ids, mode="mapped",
-                                            force=True))
+                                            force=True, captured_at="source"))
     assert (folder, mapped["status"]) == ("done", "done"), mapped
 
     creates = [c for c in qa.received_creates if c.outcome == "201"]
@@ -87,12 +89,15 @@ def test_auto_and_mapped_payloads_as_the_target_received_them(
             kept = {k: v for k, v in raw.items() if k not in dropped | {"store", "files"}}
             marker = sent["scanrelay_ref"]
             assert sent == {**kept, "store": store, "files": sent["files"],
-                            "scanrelay_ref": marker}, sent
-            assert sent["captured_at"] == raw["captured_at"]
+                            "captured_at": sent["captured_at"], "scanrelay_ref": marker}, sent
             # The target's upload IDs, in the source's file order, with the same bytes.
             sources = [f.file_id for f in seeded.files[scan_id]]
             assert [qa.file_sha256(u) for u in sent["files"]] == \
                 [seeded.sha256(f) for f in sources]
+        # captured_at: now (the default) is the copy's epoch seconds; source is as seeded.
+        assert isinstance(sent_auto["captured_at"], int)
+        assert sent_auto["captured_at"] <= auto_done_by
+        assert sent_mapped["captured_at"] == raw["captured_at"]
         assert sent_mapped["section_id"] == raw["section_id"]
         assert sent_mapped["store_planogram"] == raw["store_planogram"]
         assert sent_mapped["category_id"] == raw["category_id"]
@@ -170,7 +175,8 @@ def test_import_folder_to_platform(qa: RefServer, tmp_path: Path) -> None:
     root = root_for(tmp_path, {"qa": qa})  # demo-source is a folder instance
     ids = list(range(1001, 1007))
     folder, result = copy_once(root, env_for(qa=qa), "import.json",
-                               copy_request("demo-source", "qa", store, ids))
+                               copy_request("demo-source", "qa", store, ids,
+                                            captured_at="source"))
     assert (folder, result["status"]) == ("done", "done"), result
     rows = mapping_rows(root / result["run_dir"])
     assert [int(r["Source_Scan_ID"]) for r in rows] == ids
@@ -229,9 +235,12 @@ def test_copy_then_analysis_matches_the_target_recognition(
                                                 Outcome.OTHER_SECTION, Outcome.HIGHER_POG)})
     root = root_for(tmp_path, {"prod": prod, "qa": qa},
                     copy={"wait_for_processing": 60, "poll_interval": 0.3})
+    # captured_at: source: each copy keeps its own day, so the target's compliance row
+    # of that day is the copy's own (with now, copies of a day share one, as on the
+    # platform, and the recognition's ground truth would not hold per scan).
     folder, result = copy_once(root, env_for(prod=prod, qa=qa), "analyse.json",
                                copy_request("prod", "qa", store, seeded.scan_ids,
-                                            analyze=True))
+                                            analyze=True, captured_at="source"))
     assert (folder, result["status"]) == ("done", "done"), result
     analysis = result["analysis"]
     assert analysis["status"] == "done", analysis

@@ -55,13 +55,15 @@ def _request() -> str:
 
 
 def _journal(run_dir: Path) -> dict[str, dict[str, object]]:
+    """The journal's file records (``file:S:F``; batch records left out)."""
     records = {}
     for line in (run_dir / "checkpoint.jsonl").read_bytes().splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        records[record["key"]] = record
+        if record["key"].startswith("file:"):
+            records[record["key"]] = record
     return records
 
 

@@ -32,7 +32,14 @@ import pytest
 from daemon.config import DbConfig, PlatformInstanceConfig
 from daemon.demo import create_demo
 from daemon.errors import PermanentError, TransientError
-from daemon.instances.base import FileRef, Instance, Scan, ScanDetails, Selection
+from daemon.instances.base import (
+    FileRef,
+    Instance,
+    Scan,
+    ScanDetails,
+    Selection,
+    captured_datetime,
+)
 from daemon.instances.folder import FolderInstance
 from daemon.instances.platform import PlatformInstance
 from daemon.sandbox import RefServer
@@ -368,6 +375,37 @@ def test_find_scan_by_marker(contract_instance: Seeded, tmp_path: Path) -> None:
         contract_instance.scan_ids["a"])
     assert instance.find_scan_by_marker("scanrelay_ref", "unknown") is None
     assert instance.find_scan_by_marker("other_field", "new-2") is None
+
+
+def test_find_scan_by_files_finds_a_create_by_any_of_its_upload_ids(
+        contract_instance: Seeded, tmp_path: Path) -> None:
+    instance = contract_instance.instance
+    images = [("p.png", _image(31)), ("q.png", _image(32))]
+    upload_ids = []
+    for n, (filename, data) in enumerate(images):
+        local = tmp_path / f"by-files-{n}"
+        local.write_bytes(data)
+        upload_ids.append(instance.upload_file(local, filename))
+    assert instance.find_scan_by_files(upload_ids) is None  # uploaded, not created yet
+    scan_id = instance.create_scan({"store": 1, "files": upload_ids,
+                                    "captured_at": "2024-04-05T06:07:08+00:00"})
+    assert instance.find_scan_by_files(upload_ids) == scan_id  # no marker needed
+    assert instance.find_scan_by_files(upload_ids[1:]) == scan_id
+    assert instance.find_scan_by_files(contract_instance.file_ids["a"]) == (
+        contract_instance.scan_ids["a"])
+    assert instance.find_scan_by_files([max(upload_ids) + 10_000]) is None
+    assert instance.find_scan_by_files([]) is None
+
+
+def test_create_takes_captured_at_as_epoch_seconds_too(
+        contract_instance: Seeded, tmp_path: Path) -> None:
+    instance = contract_instance.instance
+    scan_id, _ = _create(instance, tmp_path, 1, "epoch", [("e.png", _image(33))],
+                         captured_at=1712297228)
+    (scan,) = instance.get_scans([scan_id])
+    assert scan.provided_values["captured_at"] == 1712297228  # the payload, as sent
+    assert captured_datetime(scan.captured_at) == datetime.fromisoformat(
+        "2024-04-05T06:07:08+00:00")
 
 
 def test_concurrent_creates_get_distinct_ids(contract_instance: Seeded, tmp_path: Path) -> None:

@@ -776,6 +776,44 @@ def test_get_scans_with_files_and_details(seeded_db: str) -> None:
     inst.close()
 
 
+def test_details_compliance_of_the_day_else_with_fallback_the_latest_before_or_at_all(
+        seeded_db: str) -> None:
+    with psycopg.connect(seeded_db, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO realograms_implementation_realogram (id) VALUES (33), (34);
+            INSERT INTO realograms_implementation_scan
+                (id, store_id, provided_values, active_realogram_id, created_at, status,
+                 has_report)
+            VALUES (106, 1, '{}', 33, '2025-08-05 10:00:00+00', 'done', true),
+                   (107, 1, '{}', 34, '2025-08-05 10:00:00+00', 'done', true);
+            INSERT INTO planograms_compliance_planogramcompliancereport
+                (id, realogram_id, section_id, section_name, store_planogram_id,
+                 planogram_id, compliance_rates, scan_created_date)
+            VALUES (43, 33, 21, 'Main', 12, 1, '{}', '2025-08-05 09:00:00+00'),
+                   (44, 34, 21, 'Main', 13, 1, '{}', '2025-08-05 09:00:00+00');
+            INSERT INTO planograms_compliance_storeplanogramcompliance
+                (store_planogram_id, date, pre_osa, post_osa, pre_compliance, post_compliance)
+            VALUES (12, '2025-08-01', 1, 1, 1, 1), (12, '2025-08-03', 3, 3, 3, 3),
+                   (12, '2025-08-09', 9, 9, 9, 9),
+                   (13, '2025-08-09', 9, 9, 9, 9), (13, '2025-08-12', 12, 12, 12, 12);
+        """)
+    plain = db_instance(seeded_db)
+    by_id = {s.id: s.details for s in plain.get_scans([101, 106, 107])}
+    plain.close()
+    assert by_id[101] is not None and by_id[101].pre_pog == 75  # its own day
+    assert [by_id[i].pre_pog for i in (106, 107)] == [None, None]  # type: ignore[union-attr]
+    params = pg.dsn_params(seeded_db)
+    db = {"host": params.get("host") or "127.0.0.1", "port": int(params.get("port") or 5432),
+          "dbname": params["dbname"], "user": params.get("user") or "postgres"}
+    fallback = PlatformInstance("db", platform_config("http://127.0.0.1:9", db=db),
+                                policy=fast_policy(), compliance_fallback=True)
+    by_id = {s.id: s.details for s in fallback.get_scans([101, 106, 107])}
+    fallback.close()
+    assert by_id[101] is not None and by_id[101].pre_pog == 75  # its own day
+    assert by_id[106] is not None and by_id[106].pre_pog == 3  # the latest day before
+    assert by_id[107] is not None and by_id[107].pre_pog == 12  # none before: the latest
+
+
 def test_get_scans_chunks_the_id_list(seeded_db: str) -> None:
     inst = db_instance(seeded_db, chunk_size=2)
     seen: list[int] = []

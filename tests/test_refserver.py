@@ -353,6 +353,24 @@ def test_upload_requires_input_type_image(client: Client) -> None:
     assert set(missing.json()) == {"input_type"} and set(no_file.json()) == {"file"}
 
 
+def test_unknown_payload_keys_are_dropped_when_switched_off_and_epoch_is_a_time(
+    client: Client, seeded: SeedResult
+) -> None:
+    known = {"store": seeded.store_ids[0], "captured_at": 1754049600, "device": "phone",
+             "aisle": "A1", "replace_id": None}
+    client.srv.keep_unknown_keys = False
+    upload_id = client.upload(b"first").json()["id"]
+    answer = client.create({**known, "files": [upload_id], "scanrelay_ref": "prod:1:2",
+                            "nested": {"a": 1}})
+    assert answer.status_code == 201, answer.text
+    assert raw_data(client.srv, answer.json()["id"]) == {**known, "files": [upload_id]}
+    client.srv.keep_unknown_keys = True
+    upload_id = client.upload(b"second").json()["id"]
+    payload = {**known, "files": [upload_id], "scanrelay_ref": "prod:1:3"}
+    answer = client.create(payload)
+    assert raw_data(client.srv, answer.json()["id"]) == payload  # kept, integer as sent
+
+
 def test_create_rejects_bad_payloads(client: Client, seeded: SeedResult) -> None:
     upload_id = client.upload(b"bytes").json()["id"]
     good = {"store": seeded.store_ids[0], "files": [upload_id], "captured_at": "2025-01-01"}
@@ -362,6 +380,7 @@ def test_create_rejects_bad_payloads(client: Client, seeded: SeedResult) -> None
         ({**good, "files": []}, "files"),
         ({**good, "captured_at": "yesterday"}, "captured_at"),
         ({**good, "captured_at": True}, "captured_at"),
+        ({**good, "captured_at": None}, "captured_at"),
     ]
     for payload, field_name in cases:
         answer = client.create(payload)

@@ -119,7 +119,7 @@ def _serve_and_use(tmp_path: Path, pg_dsn: str, written: Path, prefix: str) -> N
             assert secret.read_text().strip() not in printed
         databases = {e["db"]["dbname"] for e in instances.values()}
         profile = {"action": "copy", "source": PROD, "target": QA, "target_store_id": 1,
-                   "mode": "auto", "analyze": True}
+                   "mode": "auto", "analyze": True, "captured_at": "source"}
         root = make_root(tmp_path, demo=False, instances=instances,
                          copy={"wait_for_processing": 60}, profiles={"sb-copy": profile})
         with DaemonProcess(root):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -62,6 +62,24 @@ class ScanDetails:
     map_by: str | None = None
 
 
+# A capture time as the platform keeps it in the create payload: ISO 8601 text or
+# integer epoch seconds (both are accepted on create), with its JSON type unchanged.
+CapturedAt = str | int | float | None
+
+
+def captured_datetime(value: CapturedAt) -> datetime | None:
+    """``value`` as an aware datetime (epoch seconds are UTC; naive text is taken as
+    UTC); None when it is missing or not a time."""
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    try:
+        when = (datetime.fromtimestamp(value, UTC) if isinstance(value, int | float)
+                else datetime.fromisoformat(value))
+    except (ValueError, OverflowError, OSError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class Scan:
     """A scan as read from an instance. ``reports`` are its compliance reports, one per
@@ -73,7 +91,7 @@ class Scan:
     store_id: int
     status: str
     has_report: bool
-    captured_at: str | None
+    captured_at: CapturedAt
     created_at: str | None
     provided_values: Mapping[str, Any] = field(default_factory=dict)
     files: tuple[FileRef, ...] = ()
@@ -142,7 +160,15 @@ class Instance(Protocol):
         ...
 
     def find_scan_by_marker(self, field_name: str, value: str) -> int | None:
-        """The ID of a scan whose create payload carried ``field_name == value``, if any."""
+        """The ID of a scan whose create payload carried ``field_name == value``, if any.
+        A target that drops unknown payload keys never finds one: exactly once does not
+        rest on it (see ``find_scan_by_files``)."""
+        ...
+
+    def find_scan_by_files(self, file_ids: Sequence[int]) -> int | None:
+        """The lowest ID of a scan created with any of the upload IDs ``file_ids``, if
+        any. Uploads are the creator's alone, so this finds a create whose answer was
+        lost whatever the target keeps of the payload (SPEC §8, exactly once)."""
         ...
 
     def close(self) -> None:

@@ -142,6 +142,15 @@ class FolderInstance:
             hit = self._marker_hit(field_name, value)
         return hit
 
+    def find_scan_by_files(self, file_ids: Sequence[int]) -> int | None:
+        """The lowest scan holding any of the upload IDs ``file_ids`` (an upload becomes
+        the file of the scan it was created with), also one made by another process."""
+        hit = self._files_hit(file_ids)
+        if hit is None:
+            self._refresh()
+            hit = self._files_hit(file_ids)
+        return hit
+
     # ---- writing -------------------------------------------------------------------
 
     def ensure_layout(self) -> None:
@@ -260,6 +269,12 @@ class FolderInstance:
                 index.pop(value, None)
             return None
         return hit
+
+    def _files_hit(self, file_ids: Sequence[int]) -> int | None:
+        with self._lock:
+            hits = [self._catalog.files[f][0] for f in file_ids if f in self._catalog.files]
+        return min((h for h in hits if (self._scan_dir(h) / SCAN_JSON).is_file()),
+                   default=None)
 
     def _locate(self, file_id: int) -> tuple[Path, str | None]:
         for attempt in range(2):

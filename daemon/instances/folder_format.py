@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import PermanentError
-from daemon.instances.base import FileRef, Scan, ScanDetails, Selection
+from daemon.instances.base import FileRef, Scan, ScanDetails, Selection, captured_datetime
 
 SCAN_JSON = "scan.json"
 STATE_DIR = ".scanrelay"
@@ -161,12 +161,7 @@ def now() -> str:
 
 
 def _captured(scan: Scan) -> datetime | None:
-    if not scan.captured_at:
-        return None
-    try:
-        return datetime.fromisoformat(scan.captured_at)
-    except ValueError:
-        return None
+    return captured_datetime(scan.captured_at)
 
 
 def age_key(scan: Scan) -> tuple[int, float, int]:
@@ -219,9 +214,7 @@ def parse_payload(payload: Mapping[str, Any]) -> CreateRequest:
         file_ids = [_get({"files": f}, "files", "int") for f in files]
         if len(set(file_ids)) != len(file_ids):
             raise ValueError("files: an upload is listed twice")
-        captured_at = _get(payload, "captured_at", "str | None")
-        if captured_at is not None:
-            datetime.fromisoformat(captured_at)
+        captured_at = _capture_text(payload.get("captured_at"))
         return CreateRequest(
             store_id=_get({"store": store}, "store", "int"), file_ids=file_ids,
             captured_at=captured_at, reports=reports_of(payload),
@@ -229,6 +222,17 @@ def parse_payload(payload: Mapping[str, Any]) -> CreateRequest:
         )
     except (ValueError, TypeError) as exc:
         raise PermanentError(f"invalid create payload: {exc}") from exc
+
+
+def _capture_text(value: Any) -> str | None:
+    """A payload's ``captured_at`` (ISO 8601 or epoch seconds, as the platform takes
+    both) as ``scan.json`` keeps it: ISO 8601. ValueError naming the field otherwise."""
+    if value is None:
+        return None
+    when = captured_datetime(value)
+    if when is None:
+        raise ValueError(f"captured_at: expected ISO 8601 or epoch seconds, found {value!r}")
+    return value if isinstance(value, str) else when.isoformat()
 
 
 # ---- IDs, claims and stored files --------------------------------------------------

@@ -102,6 +102,10 @@ class PlatformInstance:
         """The scan whose create payload carried ``field_name == value``, if any."""
         return self.db.find_scan_by_marker(field_name, value)
 
+    def find_scan_by_files(self, file_ids: Sequence[int]) -> int | None:
+        """The scan created with any of these upload IDs (``scanfile``), if any."""
+        return self.db.find_scan_by_files(file_ids)
+
     def close(self) -> None:
         """Close the HTTP sessions and the database pool. Idempotent."""
         self.api.close()

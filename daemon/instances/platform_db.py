@@ -8,8 +8,10 @@ them by name. A replacement takes the same named parameters and returns the same
 column names, and writes a literal ``%`` as ``%%`` (psycopg's placeholder syntax).
 
 Date selection (``select_scans``) filters on the scan's ``created_at``: it is a real,
-indexed, always-present timestamp, whereas the capture time exists only as text inside
-``provided_values`` (and not for every scan). ``captured_from``/``captured_to`` are
+indexed, always-present timestamp, whereas the capture time exists only inside
+``provided_values`` (ISO text or epoch seconds, and not for every scan). It is read
+with ``->``, so it keeps its JSON type (``copy`` with ``captured_at: source`` sends it
+on unchanged). ``captured_from``/``captured_to`` are
 whole UTC days, both inclusive. A ``sql.select_scans`` override may use the raw dates
 instead: the parameters ``captured_from`` and ``captured_to`` are passed as dates too.
 """
@@ -27,7 +29,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from daemon.errors import FatalError
-from daemon.instances.base import FileRef, Scan, ScanDetails, Selection
+from daemon.instances.base import CapturedAt, FileRef, Scan, ScanDetails, Selection
 from daemon.redact import redact
 from daemon.retry import ClassifiedTransientError, RetryPolicy
 
@@ -38,8 +40,8 @@ DEFAULT_SQL: dict[str, str] = {
     # One row per scan among %(ids)s, with its store's and category's names.
     "scans": """
         SELECT s.id, s.store_id, s.status, s.has_report, s.created_at,
-               COALESCE(s.provided_values -> '_raw_data' ->> 'captured_at',
-                        s.provided_values ->> 'captured_at') AS captured_at,
+               COALESCE(s.provided_values -> '_raw_data' -> 'captured_at',
+                        s.provided_values -> 'captured_at') AS captured_at,
                s.provided_values,
                st.name AS store_name,
                cat.name AS category_name
@@ -96,15 +98,25 @@ DEFAULT_SQL: dict[str, str] = {
         LEFT JOIN planograms_implementation_planogram p
           ON p.id = COALESCE(r.planogram_id, ps.planogram_id)
         LEFT JOIN LATERAL (
-            SELECT spc.date, spc.pre_compliance, spc.post_compliance, spc.pre_osa,
-                   spc.post_osa
-            FROM planograms_compliance_storeplanogramcompliance spc
-            WHERE spc.store_planogram_id = r.store_planogram_id
-              AND (spc.date = COALESCE(r.scan_created_date, s.created_at)::date
-                   OR %(fallback)s::boolean)
-            ORDER BY spc.date = COALESCE(r.scan_created_date, s.created_at)::date DESC,
-                     spc.date <= COALESCE(r.scan_created_date, s.created_at)::date DESC,
-                     spc.date DESC
+            -- The scan's day, else (with the fallback) the latest day before it, else the
+            -- latest at all: two index look-ups, however many days a planogram has.
+            SELECT x.* FROM (
+                (SELECT spc.date, spc.pre_compliance, spc.post_compliance, spc.pre_osa,
+                        spc.post_osa, 0 AS pick
+                 FROM planograms_compliance_storeplanogramcompliance spc
+                 WHERE spc.store_planogram_id = r.store_planogram_id
+                   AND spc.date <= COALESCE(r.scan_created_date, s.created_at)::date
+                 ORDER BY spc.date DESC LIMIT 1)
+                UNION ALL
+                (SELECT spc.date, spc.pre_compliance, spc.post_compliance, spc.pre_osa,
+                        spc.post_osa, 1 AS pick
+                 FROM planograms_compliance_storeplanogramcompliance spc
+                 WHERE spc.store_planogram_id = r.store_planogram_id
+                 ORDER BY spc.date DESC LIMIT 1)
+            ) x
+            WHERE x.date = COALESCE(r.scan_created_date, s.created_at)::date
+               OR %(fallback)s::boolean
+            ORDER BY x.pick
             LIMIT 1
         ) c ON true
         LEFT JOIN LATERAL (
@@ -127,6 +139,14 @@ DEFAULT_SQL: dict[str, str] = {
           AND (%(status)s::text IS NULL OR s.status = %(status)s::text)
         ORDER BY s.created_at, s.id
         LIMIT %(limit)s::bigint
+    """,
+    # The scan created with any of the upload IDs %(ids)s (lowest ID if several).
+    "find_scan_by_files": """
+        SELECT f.scan_id AS id
+        FROM realograms_implementation_scanfile f
+        WHERE f.file_id = ANY(%(ids)s)
+        ORDER BY f.scan_id
+        LIMIT 1
     """,
     # The scan whose create payload carried %(field)s = %(value)s (lowest ID if several).
     "find_scan_by_marker": """
@@ -204,6 +224,13 @@ class PlatformDb:
         rows = self.query("find_scan_by_marker", {"field": field_name, "value": value})
         return int(rows[0]["id"]) if rows else None
 
+    def find_scan_by_files(self, file_ids: Sequence[int]) -> int | None:
+        """The lowest scan ID linked to any of the upload IDs ``file_ids``."""
+        if not file_ids:
+            return None
+        rows = self.query("find_scan_by_files", {"ids": [int(i) for i in file_ids]})
+        return int(rows[0]["id"]) if rows else None
+
     def query_ids(self, name: str, ids: Sequence[int],
                   params: Mapping[str, Any] | None = None) -> list[Row]:
         """Run the named query once per chunk of ``ids`` (parameter ``ids``, beside
@@ -277,7 +304,7 @@ def _scan(row: Row, files: tuple[FileRef, ...], reports: tuple[ScanDetails, ...]
         store_id=int(row["store_id"]),
         status=str(row["status"] or ""),
         has_report=bool(row["has_report"]),
-        captured_at=_text(row.get("captured_at")),
+        captured_at=_captured(row.get("captured_at")),
         created_at=_text(row.get("created_at")),
         provided_values=_create_payload(row.get("provided_values")),
         files=files,
@@ -326,6 +353,13 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.isoformat() if isinstance(value, datetime | date) else str(value)
+
+
+def _captured(value: Any) -> CapturedAt:
+    """The capture time with its JSON type unchanged (ISO text or epoch seconds)."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return value
+    return _text(value)  # anything else (a nested value) as text, as before
 
 
 def _float(value: Any) -> float | None:

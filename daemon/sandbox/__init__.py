@@ -17,6 +17,7 @@ Usage (from a test, with the ``platform_db`` fixture and pytest's ``tmp_path``):
         srv.faults.set(rate=0.2, kinds={Fault.HTTP_503, Fault.RESET}, seed=7)
         srv.faults.next(Fault.HTTP_429, endpoint="create")
         srv.faults.fail_file(file_id, 404)
+        srv.keep_unknown_keys = False  # creates store only known payload keys (no marker)
         ... run the client ...
         srv.wait_processed()
         srv.processing.force_extra_section(source_scan_id)  # a section only in the target

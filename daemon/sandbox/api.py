@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 from . import db
 from .blobs import BlobStore, FileRecord, UploadSink, UrlSigner, decode_header, header_segment
 from .faults import Endpoint, Faults, Gate, Stats
-from .model import ReceivedCreate, Recognition, RecordedRequest, ScanTruth, parse_captured_at
+from .model import ReceivedCreate, Recognition, RecordedRequest, ScanTruth, capture_time
 from .multipart import FormData
 from .processing import Processor, choose_outcome, is_mapped
 
@@ -28,6 +28,11 @@ API_PATHS: dict[str, Endpoint] = {
     "POST /api/v4/processing/upload/": Endpoint.UPLOAD,
     "POST /api/v4/processing/actions/": Endpoint.CREATE,
 }
+# The create fields the platform knows (its serializer's); with ``keep_unknown_keys``
+# off, any other key of a payload is dropped, not stored.
+PAYLOAD_FIELDS = frozenset({
+    "store", "files", "captured_at", "category_id", "section_id", "store_planogram",
+    "aisle", "task_id", "replace_id", "device", "app_version", "note"})
 FILE_META_RE = re.compile(r"^/api/v1/master-data/file-upload/(\d+)/$")
 BLOB_RE = re.compile(r"^/blob/(\d+)$")
 
@@ -71,6 +76,7 @@ class State:
     blob_base: str = ""
     reject_auth_on_blob: bool = True
     echo_errors: bool = False  # 4xx bodies echo the request, headers included
+    keep_unknown_keys: bool = True  # store unknown create-payload keys (a marker) as sent
     received_creates: list[ReceivedCreate] = field(default_factory=list)
     blob_requests: list[RecordedRequest] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -208,9 +214,18 @@ def validate_create(payload: Any) -> dict[str, list[str]]:
         or not all(isinstance(f, int) and not isinstance(f, bool) for f in files)
     ):
         errors["files"] = ["A non-empty list of upload IDs is required."]
-    if parse_captured_at(payload.get("captured_at")) is None:
-        errors["captured_at"] = ["Datetime has wrong format. Use ISO 8601 or epoch seconds."]
+    if capture_time(payload.get("captured_at")) is None:
+        errors["captured_at"] = [
+            "Datetime has wrong format. Use ISO 8601 or epoch seconds."]
     return errors
+
+
+def stored_payload(state: State, payload: dict[str, Any]) -> dict[str, Any]:
+    """What the platform keeps of a create payload: all of it, or (``keep_unknown_keys``
+    off, as a serializer that ignores unknown fields) only the fields it knows."""
+    if state.keep_unknown_keys:
+        return payload
+    return {k: v for k, v in payload.items() if k in PAYLOAD_FIELDS}
 
 
 def _check_references(conn: db.Conn, payload: dict[str, Any]) -> dict[str, list[str]]:
@@ -246,7 +261,7 @@ def create(state: State, payload: dict[str, Any], truths: dict[int, ScanTruth]) 
         scan_id = db.insert_scan(
             conn,
             store_id=payload["store"],
-            provided_values={"_raw_data": payload},
+            provided_values={"_raw_data": stored_payload(state, payload)},
             category_id=_category(conn, payload),
         )
         db.insert_scanfiles(conn, scan_id, payload["files"])

@@ -65,11 +65,21 @@ def _pool(gen_key: str) -> bytes:
     return random.Random(gen_key).randbytes(CHUNK + _POOL_SPAN)
 
 
-def _filler_block(gen_key: str, index: int) -> bytes:
-    """Block ``index`` of the filler: its number, then a slice of the key's pool.
-    Slicing a cached pool is memcpy-fast; the number makes every block distinct."""
+def _pool_head(gen_key: str, size: int) -> bytes:
+    """The first ``size`` bytes (or a few more) of ``_pool(gen_key)``, cheaply: random
+    bytes come in 4-byte words, first word first, so a shorter draw is a prefix of the
+    whole pool. Seeding 100,000 small files would otherwise draw 1 MiB for each."""
+    return random.Random(gen_key).randbytes(-(-size // 4) * 4)
+
+
+def _filler_block(gen_key: str, index: int, need: int = CHUNK) -> bytes:
+    """Block ``index`` of the filler (only its first ``need`` bytes are used): its number,
+    then a slice of the key's pool. Slicing a cached pool is memcpy-fast; the number makes
+    every block distinct."""
     offset = (index * 40503 + 7) % _POOL_SPAN
-    return index.to_bytes(8, "big") + _pool(gen_key)[offset : offset + CHUNK - 8]
+    end = offset + min(need, CHUNK) - 8
+    pool = _pool(gen_key) if need >= CHUNK else _pool_head(gen_key, end)
+    return index.to_bytes(8, "big") + pool[offset : offset + CHUNK - 8]
 
 
 def generated_chunks(gen_key: str, header: bytes, size: int) -> Iterator[bytes]:
@@ -79,7 +89,7 @@ def generated_chunks(gen_key: str, header: bytes, size: int) -> Iterator[bytes]:
     remaining = size - len(header)
     index = 0
     while remaining > 0:
-        block = _filler_block(gen_key, index)
+        block = _filler_block(gen_key, index, remaining)
         yield block[:remaining]
         remaining -= len(block)
         index += 1

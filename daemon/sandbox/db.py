@@ -243,15 +243,46 @@ def log_majority(conn: Conn, store_planogram_id: int, scan_id: int,
     )
 
 
+def next_ids(conn: Conn, table: str, count: int) -> list[int]:
+    """``count`` new IDs from ``table``'s serial, in order (for rows written with COPY)."""
+    rows = conn.execute(
+        "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+        (table, count),
+    ).fetchall()
+    return sorted(int(r[0]) for r in rows)
+
+
+def copy_rows(conn: Conn, table: str, columns: Iterable[str],
+              rows: Iterable[tuple[object, ...]]) -> None:
+    """Bulk-insert ``rows`` into ``table`` with COPY."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def upsert_store_compliance(conn: Conn, rows: list[tuple[object, ...]]) -> None:
+    """Store-planogram compliance rows (``store_planogram_id, date, pre_osa, post_osa,
+    pre_compliance, post_compliance``), each replacing the row of its day."""
+    with conn.cursor() as cur:
+        cur.executemany(STORE_COMPLIANCE_UPSERT, rows)
+
+
+STORE_COMPLIANCE_UPSERT = (
+    "INSERT INTO planograms_compliance_storeplanogramcompliance (store_planogram_id,"
+    " date, pre_osa, post_osa, pre_compliance, post_compliance)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (store_planogram_id, date) DO UPDATE"
+    " SET pre_osa = EXCLUDED.pre_osa, post_osa = EXCLUDED.post_osa,"
+    " pre_compliance = EXCLUDED.pre_compliance, post_compliance = EXCLUDED.post_compliance"
+)
+
+
 def _upsert_store_compliance(
     conn: Conn, store_planogram_id: int, scan_date: datetime, values: ReportValues
 ) -> None:
     conn.execute(
-        "INSERT INTO planograms_compliance_storeplanogramcompliance (store_planogram_id,"
-        " date, pre_osa, post_osa, pre_compliance, post_compliance)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (store_planogram_id, date) DO UPDATE"
-        " SET pre_osa = EXCLUDED.pre_osa, post_osa = EXCLUDED.post_osa,"
-        " pre_compliance = EXCLUDED.pre_compliance, post_compliance = EXCLUDED.post_compliance",
+        STORE_COMPLIANCE_UPSERT,
         (
             store_planogram_id,
             scan_date.date(),

@@ -324,17 +324,14 @@ class RecordedRequest:
         return any(k.lower() == "authorization" for k in self.headers)
 
 
-def parse_captured_at(value: Any) -> datetime | None:
-    """A create payload's ``captured_at``: integer epoch seconds (what the old scripts
-    sent) or ISO 8601 (UTC when naive), as SPEC §8 says the platform accepts; None if
-    it is neither."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+def capture_time(value: Any) -> datetime | None:
+    """A payload's ``captured_at`` as the platform takes it: ISO 8601 text or integer
+    epoch seconds (the old scripts sent the latter); naive times are UTC; None if it is
+    neither."""
     try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
         when = datetime.fromisoformat(str(value))
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -32,7 +32,7 @@ from .model import (
     Recognition,
     ReportValues,
     ScanTruth,
-    parse_captured_at,
+    capture_time,
 )
 from .seed import random_values
 
@@ -217,7 +217,7 @@ def _store_planogram(conn: Conn, rec: Recognition, target: Target,
 
 def scan_date(payload: dict[str, Any]) -> datetime:
     """The capture time of a payload (UTC when naive), else now."""
-    return parse_captured_at(payload.get("captured_at")) or datetime.now(UTC)
+    return capture_time(payload.get("captured_at")) or datetime.now(UTC)
 
 
 def _targets(conn: Conn, rec: Recognition, seed: int) -> list[Target]:

@@ -27,8 +27,10 @@ class RefServer:
     """A platform instance that speaks SPEC §8 over real HTTP, backed by ``dsn``.
 
     ``dsn`` names a database the server owns (its tables are created if missing);
-    ``data_dir`` holds file bytes. Use as a context manager, or ``start()``/``stop()``.
-    ``api_port`` 0 lets the system choose (the file host's port is always chosen).
+    ``data_dir`` holds file bytes. ``keep_unknown_keys=False`` stores only the create
+    payload fields the platform knows (``api.PAYLOAD_FIELDS``), dropping a marker.
+    Use as a context manager, or ``start()``/``stop()``. ``api_port`` 0 lets the system
+    choose (the file host's port is always chosen).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class RefServer:
         echo_errors: bool = False,
         pool_size: int = 32,
         api_port: int = 0,
+        keep_unknown_keys: bool = True,
     ) -> None:
         self.dsn = dsn
         self.data_dir = Path(data_dir)
@@ -64,6 +67,7 @@ class RefServer:
             processor=self.processing,
             reject_auth_on_blob=reject_auth_on_blob,
             echo_errors=echo_errors,
+            keep_unknown_keys=keep_unknown_keys,
         )
         self._api_port = api_port
         self._servers: list[Server] = []
@@ -286,6 +290,15 @@ class RefServer:
     @property
     def blob_gate(self) -> Gate:
         return self._state.blob_gate
+
+    @property
+    def keep_unknown_keys(self) -> bool:
+        """Whether creates store unknown payload keys (switchable while running)."""
+        return self._state.keep_unknown_keys
+
+    @keep_unknown_keys.setter
+    def keep_unknown_keys(self, keep: bool) -> None:
+        self._state.keep_unknown_keys = keep
 
     @property
     def processing_delay(self) -> float:

@@ -15,7 +15,10 @@ COPY_POLL_INTERVAL = 2.0
 
 
 def copy_profile(sandbox: Sandbox) -> dict[str, Any]:
-    """A copy-with-analysis profile from prod into QA's first store."""
+    """A copy-with-analysis profile from prod into QA's first store. Copies keep their
+    source's capture day (``captured_at: source``): with ``now`` they would all share
+    today's store planogram compliance row on QA, and the showcase of every comment
+    would not hold."""
     return {
         "action": "copy",
         "source": PROD,
@@ -23,6 +26,7 @@ def copy_profile(sandbox: Sandbox) -> dict[str, Any]:
         "target_store_id": sandbox.state.stores[0],
         "mode": "auto",
         "analyze": True,
+        "captured_at": "source",
     }
 
 

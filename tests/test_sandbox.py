@@ -92,8 +92,9 @@ def workbook_comments(run_dir: Path) -> set[str]:
 
 
 def test_sandbox_command_serves_copy_analysis_and_download(tmp_path: Path, pg_dsn: str) -> None:
-    """The printed block, pasted into a fresh config, gives two working platforms: a copy
-    with analysis from prod to QA shows every §7 comment, a download fetches prod's
+    """The printed block, pasted into a fresh config, gives two working platforms:
+    ``select`` previews prod's scans, a copy with analysis from prod to QA shows every
+    §7 comment, a download fetches prod's
     files; the block names password files (0600), never a password; SIGTERM stops the
     sandbox within 5 s."""
     written = tmp_path / "sandbox-instances.yml"
@@ -122,6 +123,8 @@ def _serve_and_use(tmp_path: Path, pg_dsn: str, written: Path, prefix: str) -> N
                    "mode": "auto", "analyze": True, "captured_at": "source"}
         root = make_root(tmp_path, demo=False, instances=instances,
                          copy={"wait_for_processing": 60}, profiles={"sb-copy": profile})
+        selected = _select(root, PROD)
+        assert selected["count"] == 8 and [s["id"] for s in selected["first"]] == [1, 2, 3]
         with DaemonProcess(root):
             (root / "inbox" / "copy.json").write_text(json.dumps(
                 {"profile": "sb-copy", "scan_ids": list(range(1, 9))}))
@@ -144,6 +147,15 @@ def _serve_and_use(tmp_path: Path, pg_dsn: str, written: Path, prefix: str) -> N
     print(f"sandbox stopped {took:.2f} s after SIGTERM")
     assert box.text().rstrip().endswith("# sandbox stopped")
     assert databases == {f"{prefix}_prod", f"{prefix}_qa"}
+
+
+def _select(root: Path, source: str) -> dict[str, Any]:
+    """``scanrelay select SOURCE --show 3 --json`` against the pasted instances."""
+    out = subprocess.run([sys.executable, "-m", "daemon", "select", source, "--show", "3",
+                          "--json", "-c", str(root / "config.yml")], capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
 
 
 def test_sandbox_command_restarts_on_its_data_after_ctrl_c(tmp_path: Path, pg_dsn: str) -> None:

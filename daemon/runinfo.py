@@ -63,12 +63,7 @@ def load_run(layout: Layout, key: str) -> RunView | None:
     if not valid_key(key):
         return None
     data = RunState.load(layout.runs / key)
-    ledger = read_ledger(layout.state)
-    try:
-        record = ledger.get(key) if ledger else None
-    finally:
-        if ledger:
-            ledger.close()
+    record = _ledger_record(layout, key)
     if data is None and record is None:
         return None
     if data is None:
@@ -82,6 +77,17 @@ def load_run(layout: Layout, key: str) -> RunView | None:
                    list(result.get("failed") or []))
 
 
+def _ledger_record(layout: Layout, key: str) -> RequestRecord | None:
+    """The ledger's record of ``key``, or None; read-only."""
+    ledger = read_ledger(layout.state)
+    if ledger is None:
+        return None
+    try:
+        return ledger.get(key)
+    finally:
+        ledger.close()
+
+
 def run_file(layout: Layout, key: str, name: str) -> Path | None:
     """The file ``name`` of run ``key`` if it is one a reader may fetch, else None.
     Only known names are accepted, and only regular files (no symlink is followed)."""
@@ -90,13 +96,7 @@ def run_file(layout: Layout, key: str, name: str) -> Path | None:
     if name in RUN_FILES or ORIGINAL.match(name):
         return _regular(layout.runs / key / name)
     if name in SIDECARS:
-        ledger = read_ledger(layout.state)
-        try:
-            record = ledger.get(key) if ledger else None
-        finally:
-            if ledger:
-                ledger.close()
-        settled = _settled_path(layout, record)
+        settled = _settled_path(layout, _ledger_record(layout, key))
         return _regular(Path(f"{settled}{SIDECARS[name]}")) if settled else None
     return None
 

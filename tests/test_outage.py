@@ -89,7 +89,10 @@ def test_outage_mid_run_waits_then_completes_with_no_failed_item(ref: RefServer,
         began = time.monotonic()
         run = wait_for(lambda: (r := in_flight_run(root)) and r["status"] == "waiting" and r,
                        30, "run.json to say waiting")
-        status = json.loads(scanrelay(root, "status", "--json"))
+        # The heartbeat carrying the breaker's state is rewritten once a second.
+        status = wait_for(lambda: (st := json.loads(scanrelay(root, "status", "--json")))
+                          and any(not i["available"] for i in st["daemon"]["instances"])
+                          and st, 10, "status to show the outage")
         text = scanrelay(root, "status")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                          timeout=5).read().decode()

@@ -76,6 +76,8 @@ def test_a_drop_goes_live_through_queue_progress_and_run_page(tmp_path: Path) ->
     ids = "".join(f"{i}\n" for i in range(1001, 1000 + SCANS) if i != 1012)
     config = yaml.safe_load((root / "config.yml").read_text())
     config["profiles"]["demo-copy"].update(analyze=True, batch_size=2)
+    for instance in ("demo-source", "demo-target"):  # one call at a time: slow enough that
+        config["instances"][instance]["max_connections"] = 1  # a 1 s poll sees progress
     (root / "config.yml").write_text(yaml.safe_dump(config))
     name = "shelf-copy.csv"
     with DaemonProcess(root), browser() as chromium:

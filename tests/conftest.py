@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pg
 import pytest
+from copy_support import ref_server
+
+from daemon.sandbox import RefServer
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +27,17 @@ def platform_db(pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
         yield dsn
     finally:
         pg.drop_database(dsn)
+
+
+@pytest.fixture
+def prod(tmp_path: Path) -> Iterator[RefServer]:
+    """A reference platform named prod (a copy's source), with a database of its own."""
+    with ref_server(tmp_path, "prod") as server:
+        yield server
+
+
+@pytest.fixture
+def qa(tmp_path: Path) -> Iterator[RefServer]:
+    """A reference platform named qa (a copy's target), with a database of its own."""
+    with ref_server(tmp_path, "qa") as server:
+        yield server

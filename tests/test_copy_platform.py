@@ -9,7 +9,6 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from copy_support import (
     env_for,
     mapping_rows,
     platform_instance,
-    ref_server,
     target_scans,
 )
 from helpers import DaemonProcess, drop, make_root, wait_settled
@@ -28,18 +26,6 @@ from daemon.sandbox import Fault, Outcome, RefServer
 
 ALWAYS_DROPPED = {"task_id", "id", "created_at", "updated_at"}
 ASSIGNMENT = {"category_id", "section_id", "store_planogram", "aisle", "task_id", "replace_id"}
-
-
-@pytest.fixture
-def prod(tmp_path: Path) -> Iterator[RefServer]:
-    with ref_server(tmp_path, "prod") as server:
-        yield server
-
-
-@pytest.fixture
-def qa(tmp_path: Path) -> Iterator[RefServer]:
-    with ref_server(tmp_path, "qa") as server:
-        yield server
 
 
 def root_for(tmp_path: Path, refs: dict[str, RefServer], **overrides: Any) -> Path:

@@ -6,27 +6,14 @@ partial, so it is the last pass that saves it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from copy_support import copy_request, env_for, platform_instance, ref_server
+from copy_support import copy_request, env_for, platform_instance
 from helpers import DaemonProcess, drop, make_root, wait_settled
 from test_download_platform import daemon_env, ids_csv, manifest, platform_root
 
 from daemon.sandbox import Fault, RefServer
-
-
-@pytest.fixture
-def prod(tmp_path: Path) -> Iterator[RefServer]:
-    with ref_server(tmp_path, "prod") as server:
-        yield server
-
-
-@pytest.fixture
-def qa(tmp_path: Path) -> Iterator[RefServer]:
-    with ref_server(tmp_path, "qa") as server:
-        yield server
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey)$", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|dsn)$", re.IGNORECASE)
 DEFAULT_CONFIG = "config.yml"
 
 
@@ -225,6 +225,25 @@ class RerunsConfig(Model):
         return self
 
 
+class ClusterConfig(Model):
+    """Cluster mode (docs/cluster.md): several hosts share one root and one PostgreSQL.
+    Absent: one host with its state in SQLite under ``state/``."""
+
+    dsn_env: str | None = None  # the environment variable holding the DSN
+    dsn_file: Path | None = None  # or a file holding it (e.g. a systemd credential)
+    host_id: str = Field(pattern=NAME_PATTERN)  # unique per host, stable across restarts
+    batch_size: int = Field(default=200, ge=1, le=100_000)  # scans per batch job
+    lease_seconds: float = Field(default=30, ge=2, le=3600)  # copy key and slot leases
+    claim_orphan_seconds: float = Field(default=60, ge=1)  # a claimed file with no row
+
+    @model_validator(mode="after")
+    def _one_dsn(self) -> ClusterConfig:
+        if (self.dsn_env is None) == (self.dsn_file is None):
+            raise ValueError("set exactly one of dsn_env and dsn_file (the PostgreSQL DSN "
+                             "is a secret: never written in the config)")
+        return self
+
+
 class Config(Model):
     paths: PathsConfig = PathsConfig()
     defaults: DefaultsConfig = DefaultsConfig()
@@ -246,6 +265,7 @@ class Config(Model):
     web: WebConfig = WebConfig()
     copy_: CopyConfig = Field(default=CopyConfig(), alias="copy")
     analysis: AnalysisConfig = AnalysisConfig()
+    cluster: ClusterConfig | None = None
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     # Set by ``load_config``: where the file was, so relative paths resolve against it.

@@ -1,0 +1,1 @@
+"""Cluster mode: several hosts on one shared root, agreeing through PostgreSQL."""

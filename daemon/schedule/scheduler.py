@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -35,8 +35,6 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from loguru import logger
 
-from daemon.cluster.fireclock import ClockJob, FireClock
-from daemon.cluster.fires import ClusterFires
 from daemon.config import Config, ScheduleConfig
 from daemon.layout import Layout
 from daemon.ledger import Ledger
@@ -49,6 +47,10 @@ from daemon.schedule.reruns import JOB as RERUNS_JOB
 from daemon.schedule.reruns import Listing, RerunWindow, settled_requests
 from daemon.schedule.state import FILE, FIRE, MISSED, WINDOW, SavedJob, SchedulerState, iso
 from daemon.schedule.store import StateJobStore, fingerprint
+
+if TYPE_CHECKING:  # cluster mode's modules (and psycopg) load only in cluster mode
+    from daemon.cluster.fireclock import ClockJob, FireClock
+    from daemon.cluster.fires import ClusterFires
 
 FOLLOW_UP_JOB = "follow-ups"
 FOLLOW_UP_SECONDS = 5.0
@@ -106,6 +108,8 @@ class Scheduler:
         reruns. Raises ``OSError`` if ``state/`` cannot be written. In cluster mode:
         start the fire clock instead."""
         if self.cluster is not None:
+            from daemon.cluster.fireclock import FireClock
+
             self._clock = FireClock(self.cluster, self._clock_jobs())
             self._clock.start()
             return
@@ -158,6 +162,8 @@ class Scheduler:
     def _clock_jobs(self) -> list[ClockJob]:
         """The cron jobs as the cluster's fire clock runs them (the follow-up of
         deferred analyses is single-host only for now)."""
+        from daemon.cluster.fireclock import ClockJob
+
         jobs = [ClockJob(job_id(s.name), s.cron, s.timezone, s.misfire_grace,
                          request=partial(_fire_request, s)) for s in self.schedules.values()]
         if self.window is not None and self.config.reruns is not None:

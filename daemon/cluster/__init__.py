@@ -1,1 +1,0 @@
-"""Cluster mode: several hosts on one shared root, agreeing through PostgreSQL."""

@@ -78,8 +78,6 @@ def test_enqueue_outside_a_transaction_writes_nothing(conn: psycopg.Connection[A
 
 
 def test_claim_ids_of_one_second_never_repeat(conn: psycopg.Connection[Any]) -> None:
-
-
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     ids = [new_claim_id(conn, moment) for _ in range(2000)]
     assert len(set(ids)) == len(ids)

@@ -235,12 +235,24 @@ class ClusterConfig(Model):
     batch_size: int = Field(default=200, ge=1, le=100_000)  # scans per batch job
     lease_seconds: float = Field(default=30, ge=2, le=3600)  # copy key and slot leases
     claim_orphan_seconds: float = Field(default=60, ge=1)  # a claimed file with no row
+    # A batch (or a plan or settle stage) whose executions all ended without an answer
+    # (its host died each time) is abandoned after this many: its scans count as failed.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # The worker's heartbeat; a worker silent for stalled_seconds is taken for dead and
+    # its jobs are retried elsewhere (procrastinate's update_heartbeat_interval and
+    # stalled_worker_timeout). The hosts table's heartbeat follows the first too.
+    heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
+    stalled_seconds: float = Field(default=10.0, gt=0, le=3600)
+    sweep_seconds: int = Field(default=5, ge=1, le=60)  # how often the sweeps run
 
     @model_validator(mode="after")
     def _one_dsn(self) -> ClusterConfig:
         if (self.dsn_env is None) == (self.dsn_file is None):
             raise ValueError("set exactly one of dsn_env and dsn_file (the PostgreSQL DSN "
                              "is a secret: never written in the config)")
+        if self.stalled_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError("stalled_seconds must be at least twice heartbeat_seconds (a "
+                             "worker late by one heartbeat is not dead)")
         return self
 
 

@@ -37,7 +37,8 @@ from daemon.layout import Layout
 from daemon.ledger import LEDGER_FILE, Ledger
 from daemon.notify import Notifier
 from daemon.outcomes import RunStatus
-from daemon.runner import Runner, refuse
+from daemon.runner import Runner
+from daemon.runsettle import refuse
 from daemon.schedule.scheduler import Scheduler
 from daemon.status import heartbeat_path
 

@@ -72,6 +72,18 @@ def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int,
         return None  # gone meanwhile: nothing to refuse
     if len(path.relative_to(inbox).parts) > 2:
         return "requests go in inbox/ or inbox/<profile>/, not deeper; move it up"
+    reason = file_refusal(info, max_bytes)
+    if reason is not None:
+        return reason
+    profile = profile_of(path, inbox)
+    if profile is not None and profile not in profiles:
+        known = ", ".join(sorted(profiles)) or "(none)"
+        return f"inbox/{profile}/ is not a configured profile ({known}); use one of those folders"
+    return None
+
+
+def file_refusal(info: os.stat_result, max_bytes: int) -> str | None:
+    """Why a file with this ``lstat`` cannot be a request, wherever it lies, or None."""
     if stat.S_ISLNK(info.st_mode):
         return "a symbolic link is not accepted; copy the file itself into the inbox"
     if not stat.S_ISREG(info.st_mode):
@@ -79,10 +91,6 @@ def refusal(path: Path, inbox: Path, profiles: set[str], max_bytes: int,
     if info.st_size > max_bytes:
         return (f"the file is {info.st_size} bytes, over limits.max_request_bytes "
                 f"({max_bytes}); split it into smaller requests")
-    profile = profile_of(path, inbox)
-    if profile is not None and profile not in profiles:
-        known = ", ".join(sorted(profiles)) or "(none)"
-        return f"inbox/{profile}/ is not a configured profile ({known}); use one of those folders"
     return None
 
 

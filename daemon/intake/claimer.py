@@ -17,12 +17,20 @@ Nothing is ever deleted on an ambiguous answer. ``EBUSY``/``EACCES``/``ETXTBSY``
 file another SMB client still holds open) mean "not yet": the caller looks again later.
 A crash between the steps leaves the private name, which ``repair`` finishes at start.
 Every file-system call goes through ``FsOps``, so tests can inject the failures above.
+
+In cluster mode several hosts claim from one inbox. Each claimer then has a ``tag`` (its
+host ID) carried by its private names, ``.scanrelay-claim-<tag>@<claim name>``, and
+claim IDs that no other host can make (``new_id``), so no two claimers ever rename onto
+one name. ``repair`` finishes only its own tag's names; a dead host's are finished by
+``publish_stale`` (publishing is idempotent: the destination is fixed by the name).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -72,16 +80,31 @@ class NotYet:
     reason: str
 
 
-def private_name(claim_name: str) -> str:
-    return PRIVATE_PREFIX + claim_name
+TAG_END = "@"  # ends a claimer's tag in its private names (never in a tag or claim ID)
+
+
+def private_name(claim_name: str, tag: str | None = None) -> str:
+    return PRIVATE_PREFIX + (f"{tag}{TAG_END}" if tag else "") + claim_name
+
+
+def claim_name_of(private: str) -> str:
+    """The claim name (the name in ``processing/``) a private name stands for."""
+    rest = private[len(PRIVATE_PREFIX):]
+    tag, end, name = rest.partition(TAG_END)
+    return name if end and "+" not in tag else rest
 
 
 class Claimer:
-    """Claims inbox files into ``processing/``. One per daemon (its main thread)."""
+    """Claims inbox files into ``processing/``. One per daemon (its main thread).
+    ``new_id`` makes claim IDs (by default random: one claimer per inbox); ``tag``
+    marks this claimer's private names (cluster mode: the host ID)."""
 
-    def __init__(self, layout: Layout, fs: FsOps | None = None) -> None:
+    def __init__(self, layout: Layout, fs: FsOps | None = None, *,
+                 new_id: Callable[[], str] = new_claim_id, tag: str | None = None) -> None:
         self.layout = layout
         self.fs: FsOps = fs or OsFs()
+        self.new_id = new_id
+        self.tag = tag
         self.links = True  # until the file system says it has none
         self._unpublished: dict[Path, Claimed] = {}  # private name → its claim
 
@@ -89,9 +112,9 @@ class Claimer:
         """Claim ``path``: the claim if it is ours, ``NotYet`` if it is busy, None if
         someone else took it (or its owner took it back)."""
         profile = profile_of(path, self.layout.inbox)
-        claim_id = new_claim_id()
+        claim_id = self.new_id()
         dest = self.layout.processing / f"{claim_id}+{profile or NO_PROFILE}+{path.name}"
-        private = path.with_name(private_name(dest.name))
+        private = path.with_name(private_name(dest.name, self.tag))
         try:
             self.fs.rename(path, private)
         except OSError as exc:
@@ -154,13 +177,29 @@ class Claimer:
 
     def repair(self) -> int:
         """At start: finish the claims a crash cut off between decide and publish (a
-        private name left in the inbox). Returns how many it finished. It assumes no
-        other claimer is mid-claim on this inbox (one daemon per root; cluster mode
-        must limit it to this host's claims)."""
+        private name left in the inbox). Returns how many it finished. Only this
+        claimer's names (its tag): no other claimer of this inbox may be mid-claim on
+        them (one daemon per root on one host; per host ID in a cluster)."""
+        return self._finish(private_name("", self.tag) + "*", lambda _: True)
+
+    def publish_stale(self, older_than: float, now: float | None = None) -> int:
+        """Finish the claims of any claimer whose private name has been in the inbox
+        longer than ``older_than`` seconds (by its ctime: a rename sets it): a host that
+        died between decide and publish. Safe against a claimer that is only slow: both
+        publish to the same destination, and publishing twice is harmless."""
+        limit = (time.time() if now is None else now) - older_than
+        return self._finish(PRIVATE_PREFIX + "*", lambda st: st.st_ctime <= limit)
+
+    def _finish(self, pattern: str, due: Callable[[os.stat_result], bool]) -> int:
         finished = 0
         for folder in [self.layout.inbox, *_subfolders(self.layout.inbox)]:
-            for private in folder.glob(PRIVATE_PREFIX + "*"):
-                dest = self.layout.processing / private.name[len(PRIVATE_PREFIX):]
+            for private in folder.glob(pattern):
+                try:
+                    if not due(private.lstat()):
+                        continue
+                except FileNotFoundError:
+                    continue  # published meanwhile
+                dest = self.layout.processing / claim_name_of(private.name)
                 if self.fs.exists(dest):
                     self._forget(private)  # published already; only the unlink was cut
                     continue

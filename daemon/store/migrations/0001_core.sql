@@ -27,7 +27,11 @@ CREATE TABLE requests (
     message         text,
     counts          jsonb,
     attempts        integer          NOT NULL DEFAULT 0,
-    host_id         text  -- the host running it now (or last)
+    host_id         text,  -- the host running it now (or last)
+    -- The job responsible for the request's current stage: its plan job while
+    -- 'claimed', its settle job while 'settling' (while 'running', its batches' jobs).
+    job_id          bigint,
+    stage_attempts  integer          NOT NULL DEFAULT 0  -- executions of that stage
 );
 CREATE INDEX requests_status ON requests (status);
 CREATE INDEX requests_claimed ON requests (claimed_at, claim_id);
@@ -45,5 +49,12 @@ CREATE TABLE batches (
     host_id    text,
     attempts   integer NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    job_id     bigint,  -- the batch's job (a new one if the sweep had to re-defer it)
+    owner      text,    -- the execution that owns it: host_id:job_id:random (fencing)
     PRIMARY KEY (run_id, number)
 );
+CREATE INDEX batches_open ON batches (status) WHERE status IN ('pending', 'running');
+
+-- Claim IDs unique across hosts by construction: the 6 hex of a claim ID (and of its
+-- run ID) are this sequence's next value modulo 2^24, not random bits.
+CREATE SEQUENCE claim_numbers;

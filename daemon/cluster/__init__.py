@@ -1,0 +1,1 @@
+"""Cluster mode: N hosts on one shared root, agreeing through PostgreSQL (procrastinate)."""

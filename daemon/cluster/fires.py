@@ -21,7 +21,7 @@ its row runs it, and every rerun or deferred analysis it drops is a row of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ from loguru import logger
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from daemon.intake.claim import NO_PROFILE, new_claim_id
+from daemon.cluster.enqueue import enqueue, new_claim_id, processing_name
 from daemon.layout import Layout
 from daemon.schedule.reruns import Settled, settled_at
 from daemon.schedule.state import ANALYSIS, EXHAUSTED, RAN, RERUN, WINDOW
@@ -40,10 +40,6 @@ from daemon.schedule.state import ANALYSIS, EXHAUSTED, RAN, RERUN, WINDOW
 FIRED = "fired"
 MISSED = "missed"
 DROPPED = "dropped"
-
-# daemon.cluster.enqueue.enqueue: in the caller's transaction, the request's row
-# (status claimed) and its first job.
-Enqueue = Callable[..., None]
 
 INSERT_FIRE = """
 INSERT INTO schedule_fires (schedule, fire_time, status, claim_id, host_id, cron, timezone,
@@ -80,25 +76,14 @@ def request_body(raw: dict[str, Any]) -> bytes:
     return (json.dumps(raw, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
 
-def processing_name(claim_id: str, name: str) -> str:
-    """The name its job writes into ``processing/`` (``daemon.intake.claim``'s form)."""
-    return f"{claim_id}+{NO_PROFILE}+{name}"
-
-
 class ClusterFires:
     """The cluster's fires and drops, in PostgreSQL. Thread-safe (one pooled connection
     per call)."""
 
-    def __init__(self, pool: ConnectionPool[Any], layout: Layout, host_id: str, *,
-                 enqueue: Enqueue | None = None) -> None:
+    def __init__(self, pool: ConnectionPool[Any], layout: Layout, host_id: str) -> None:
         self.pool = pool
         self.layout = layout
         self.host_id = host_id
-        if enqueue is None:
-            from daemon.cluster.enqueue import enqueue as core_enqueue
-
-            enqueue = core_enqueue
-        self._enqueue = enqueue
 
     # ---- the clock -----------------------------------------------------------------
 
@@ -129,14 +114,11 @@ class ClusterFires:
     def fire(self, due: Due, name: str, raw: dict[str, Any]) -> str | None:
         """Make ``due``'s fire and enqueue its request ``raw`` as ``name``, in one
         transaction; the claim ID, or None if another host made this fire."""
-        claim_id = new_claim_id(due.now)
         with self.pool.connection() as conn, conn.transaction():
+            claim_id = new_claim_id(conn)
             if not self._insert_fire(conn, due, FIRED, claim_id, None):
                 return None
-            self._enqueue(conn, claim_id=claim_id, name=name, profile=None,
-                          body=request_body(raw),
-                          processing_name=processing_name(claim_id, name),
-                          claimed_by=self.host_id)
+            self._enqueue_request(conn, claim_id, name, raw)
         return claim_id
 
     def claim(self, due: Due) -> bool:
@@ -150,6 +132,13 @@ class ClusterFires:
         with self.pool.connection() as conn, conn.transaction():
             return self._insert_fire(conn, due, MISSED, None,
                                      {"late_seconds": round(due.late)})
+
+    def _enqueue_request(self, conn: psycopg.Connection[Any], claim_id: str, name: str,
+                         raw: dict[str, Any]) -> None:
+        enqueue(conn, claim_id=claim_id, name=name, profile=None,
+                      body=request_body(raw),
+                      processing_name=processing_name(claim_id, None, name),
+                      claimed_by=self.host_id)
 
     def _insert_fire(self, conn: psycopg.Connection[Any], due: Due, status: str,
                      claim_id: str | None, detail: dict[str, Any] | None) -> bool:
@@ -165,17 +154,14 @@ class ClusterFires:
         """Enqueue ``raw`` as ``name`` unless ``(kind, source)`` was dropped before; the
         path its job writes in ``processing/``, or None."""
         source = _source(kind, source, key)
-        claim_id = new_claim_id()
         with self.pool.connection() as conn, conn.transaction():
+            claim_id = new_claim_id(conn)
             row = conn.execute(INSERT_DROP, (kind, source, fire_time, DROPPED, name,
                                              claim_id, self.host_id)).fetchone()
             if row is None:
                 return None
-            processing = processing_name(claim_id, name)
-            self._enqueue(conn, claim_id=claim_id, name=name, profile=None,
-                          body=request_body(raw), processing_name=processing,
-                          claimed_by=self.host_id)
-        return self.layout.processing / processing
+            self._enqueue_request(conn, claim_id, name, raw)
+        return self.layout.processing / processing_name(claim_id, None, name)
 
     def done(self, key: str) -> bool:
         """True once ``key`` (``rerun:<run ID>``, ``analysis:<run ID>``) was dropped or

@@ -26,6 +26,7 @@ import pytest
 from helpers import make_root
 from loguru import logger
 
+from daemon.cluster import fires as fires_module
 from daemon.cluster.fireclock import ClockJob, FireClock, last_due
 from daemon.cluster.fires import ClusterFires, Due, request_body
 from daemon.config import RerunsConfig, load_config
@@ -172,6 +173,44 @@ def test_three_hosts_make_each_fire_once_with_one_request_and_one_job(
                                    "FROM requests")
     for name, claim, request, host_id in processing:
         assert name == f"{claim}+-+{request}" and host_id in made
+
+
+def test_a_host_stalled_inside_a_fire_holds_it_only_until_the_server_ends_it(
+        cluster_dsn: str, hosts: list[ClusterFires], monkeypatch: pytest.MonkeyPatch) -> None:
+    stalled = threading.Event()
+    real_enqueue = fires_module.enqueue
+
+    def enqueue_then_stall(conn: psycopg.Connection[Any], **kwargs: Any) -> bool:
+        made = real_enqueue(conn, **kwargs)
+        if kwargs["claimed_by"] == "h0":  # h0 stops between statements (SIGSTOP, swap)
+            stalled.set()
+            time.sleep(6)
+        return made
+
+    monkeypatch.setattr(fires_module, "enqueue", enqueue_then_stall)
+    monkeypatch.setattr(fires_module, "STALLED_AFTER", "1s")
+    fire_time = db_now(cluster_dsn).replace(microsecond=0)
+    outcome: list[BaseException | str | None] = []
+
+    def stalled_host() -> None:
+        try:
+            outcome.append(hosts[0].fire(Due("schedule:tick", fire_time, EVERY_SECOND, "UTC",
+                                             fire_time), "t.json", RAW))
+        except psycopg.Error as exc:  # its commit finds its session ended
+            outcome.append(exc)
+
+    thread = threading.Thread(target=stalled_host)
+    thread.start()
+    assert stalled.wait(10)
+    started = time.monotonic()
+    made = hosts[1].fire(Due("schedule:tick", fire_time, EVERY_SECOND, "UTC", fire_time),
+                         "t.json", RAW)
+    waited = time.monotonic() - started
+    thread.join(20)
+    assert made is not None and waited < 5, waited  # not held until h0 woke up
+    assert isinstance(outcome[0], psycopg.Error), outcome
+    assert [(r[1], r[3]) for r in fire_rows(cluster_dsn, "schedule:tick")] == [("fired", "h1")]
+    assert requests_by_name(cluster_dsn) == Counter(["t.json"]) and job_count(cluster_dsn) == 1
 
 
 # ---- the clock: schedulers of three hosts ------------------------------------------

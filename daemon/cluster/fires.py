@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +52,11 @@ INSERT_DROP = """
 INSERT INTO rerun_drops (kind, source, window_time, status, name, claim_id, host_id)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING RETURNING 1"""
+
+# A host stalled inside a fire's transaction (paused, swapped out) holds the fire's key
+# and makes every other host wait on it: the server ends such a transaction after this
+# long idle, the key is free again, and another host makes the fire.
+STALLED_AFTER = "10s"
 
 # What the rerun window lists (see ``settled``): the statuses settled into each folder.
 SETTLED_STATUSES = {"done": ("done",), "failed": ("partial", "failed")}
@@ -85,6 +91,13 @@ class ClusterFires:
         self.layout = layout
         self.host_id = host_id
 
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+                         (STALLED_AFTER,))
+            yield conn
+
     # ---- the clock -----------------------------------------------------------------
 
     def db_now(self) -> datetime:
@@ -114,7 +127,7 @@ class ClusterFires:
     def fire(self, due: Due, name: str, raw: dict[str, Any]) -> str | None:
         """Make ``due``'s fire and enqueue its request ``raw`` as ``name``, in one
         transaction; the claim ID, or None if another host made this fire."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self._transaction() as conn:
             claim_id = new_claim_id(conn)
             if not self._insert_fire(conn, due, FIRED, claim_id, None):
                 return None
@@ -124,12 +137,12 @@ class ClusterFires:
     def claim(self, due: Due) -> bool:
         """Make ``due``'s fire with no request of its own (the rerun window, which this
         host then runs); False if another host made it."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self._transaction() as conn:
             return self._insert_fire(conn, due, FIRED, None, None)
 
     def miss(self, due: Due) -> bool:
         """Record ``due`` as missed (too late for its grace); False if recorded before."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self._transaction() as conn:
             return self._insert_fire(conn, due, MISSED, None,
                                      {"late_seconds": round(due.late)})
 
@@ -154,7 +167,7 @@ class ClusterFires:
         """Enqueue ``raw`` as ``name`` unless ``(kind, source)`` was dropped before; the
         path its job writes in ``processing/``, or None."""
         source = _source(kind, source, key)
-        with self.pool.connection() as conn, conn.transaction():
+        with self._transaction() as conn:
             claim_id = new_claim_id(conn)
             row = conn.execute(INSERT_DROP, (kind, source, fire_time, DROPPED, name,
                                              claim_id, self.host_id)).fetchone()
@@ -176,7 +189,7 @@ class ClusterFires:
                source: str | None = None, detail: dict[str, Any] | None = None) -> bool:
         """A rerun that used up its attempts (once: False if recorded before), or what a
         window did (written into its fire's row)."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self._transaction() as conn:
             if kind == RERUN and state == EXHAUSTED:
                 return conn.execute(INSERT_DROP, (kind, _source(kind, source, key), fire_time,
                                                   EXHAUSTED, None, None, self.host_id)

@@ -6,13 +6,14 @@ of them, one perhaps under libfaketime, fire the same schedules).
 The DSN comes from the environment variable ``SCANRELAY_TEST_CLUSTER_DSN``. Prints one
 JSON line first (``host``, ``local`` and ``db``: this process's clock and the server's,
 epoch seconds), then runs the scheduler (``Scheduler(..., cluster=ClusterFires)``) for
-``seconds`` and exits 0.
+``seconds`` or until SIGTERM, and exits 0.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ def main(config_path: str, host_id: str, seconds: float) -> int:
               flush=True)
         fires = ClusterFires(pool, layout, host_id)
         stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         scheduler = Scheduler(config, layout, None, stop, cluster=fires)
         scheduler.start()
         stop.wait(seconds)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,9 +19,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pg
 import psycopg
 import pytest
+from fire_support import (
+    assert_one_request_and_job_per_fire,
+    db_now,
+    faketime_env,
+    fire_rows,
+    job_count,
+    migrated_database,
+    requests_by_name,
+    rows,
+)
 from helpers import make_root
 from loguru import logger
 
@@ -35,7 +43,7 @@ from daemon.schedule.cron import cron_trigger
 from daemon.schedule.fires import request_name, scheduled_request
 from daemon.schedule.reruns import RerunWindow, rerun_name
 from daemon.schedule.scheduler import Scheduler
-from daemon.store.pg import migrate, open_pool
+from daemon.store.pg import open_pool
 
 HOST_SCRIPT = Path(__file__).with_name("cluster_fire_host.py")
 EVERY_SECOND = "* * * * * *"
@@ -48,14 +56,7 @@ SHIFT_SECONDS = 180  # the shifted host's clock runs this far ahead
 
 @pytest.fixture
 def cluster_dsn(pg_dsn: str) -> Iterator[str]:
-    """A fresh database with the cluster schema."""
-    dsn = pg.create_database("fires")
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            migrate(conn)
-        yield dsn
-    finally:
-        pg.drop_database(dsn)
+    yield from migrated_database()
 
 
 @pytest.fixture
@@ -67,30 +68,6 @@ def hosts(cluster_dsn: str, tmp_path: Path) -> Iterator[list[ClusterFires]]:
     finally:
         for p in pools:
             p.close()
-
-
-def rows(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def fire_rows(dsn: str, job: str) -> list[tuple[Any, ...]]:
-    """``(fire_time, status, claim_id, host_id, recorded_at, detail)`` in time order."""
-    return rows(dsn, "SELECT fire_time, status, claim_id, host_id, recorded_at, detail "
-                     "FROM schedule_fires WHERE schedule = %s ORDER BY fire_time", (job,))
-
-
-def requests_by_name(dsn: str) -> Counter[str]:
-    return Counter(name for (name,) in rows(dsn, "SELECT name FROM requests"))
-
-
-def job_count(dsn: str) -> int:
-    return int(rows(dsn, "SELECT count(*) FROM procrastinate_jobs")[0][0])
-
-
-def db_now(dsn: str) -> datetime:
-    value: datetime = rows(dsn, "SELECT now()")[0][0]
-    return value
 
 
 def together(n: int, work: Callable[[int], None]) -> None:
@@ -111,16 +88,10 @@ def together(n: int, work: Callable[[int], None]) -> None:
     assert not errors, errors
 
 
-def assert_one_request_and_job_per_fire(dsn: str, job: str, schedule: str) -> list[Any]:
-    """Every fired row has its one request (named as on one host) and one job; the
-    fired rows, returned."""
-    fired = [r for r in fire_rows(dsn, job) if r[1] == "fired"]
-    names = requests_by_name(dsn)
-    assert names == Counter(request_name(schedule, r[0]) for r in fired), names
-    assert job_count(dsn) == len(fired)
-    claims = {claim for (claim,) in rows(dsn, "SELECT claim_id FROM requests")}
-    assert claims == {r[2] for r in fired}
-    return fired
+def fired_once(dsn: str, job: str, schedule: str) -> list[Any]:
+    """The fired rows of ``job``, each checked to have its one request and job."""
+    assert_one_request_and_job_per_fire(dsn, {job: schedule})
+    return [r for r in fire_rows(dsn, job) if r[1] == "fired"]
 
 
 # ---- pure: which fire is due -------------------------------------------------------
@@ -165,7 +136,7 @@ def test_three_hosts_make_each_fire_once_with_one_request_and_one_job(
 
     together(3, host)
     assert sum(made.values()) == len(times)
-    fired = assert_one_request_and_job_per_fire(cluster_dsn, "schedule:tick", "tick")
+    fired = fired_once(cluster_dsn, "schedule:tick", "tick")
     assert [r[0] for r in fired] == times
     bodies = {bytes(b) for (b,) in rows(cluster_dsn, "SELECT body FROM requests")}
     assert bodies == {request_body(RAW)}
@@ -236,7 +207,7 @@ def test_schedulers_of_three_hosts_fire_every_second_once(
     stop.set()
     for s in schedulers:
         s.stop()
-    fired = assert_one_request_and_job_per_fire(cluster_dsn, "schedule:tick", "tick")
+    fired = fired_once(cluster_dsn, "schedule:tick", "tick")
     times = [r[0] for r in fired]
     assert len(times) >= 5
     assert all(b - a == timedelta(seconds=1) for a, b in zip(times, times[1:], strict=False))
@@ -329,23 +300,11 @@ def test_a_changed_cron_starts_afresh(cluster_dsn: str, hosts: list[ClusterFires
 # ---- a host with a shifted clock (libfaketime) -------------------------------------
 
 
-def faketime() -> str:
-    found = shutil.which("faketime")
-    if found is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            raise AssertionError("faketime is missing (Debian package faketime)")
-        pytest.skip("faketime is not installed (Debian package faketime)")
-    return found
-
-
 def start_host(config: Path, host_id: str, seconds: float, dsn: str,
                shift: int = 0) -> subprocess.Popen[str]:
     command = [sys.executable, str(HOST_SCRIPT), str(config), host_id, str(seconds)]
-    if shift:
-        # -m: the thread-safe library; the monotonic clock stays real (timeouts).
-        command = [faketime(), "-m", "-f", f"+{shift}s", *command]
     env = {**os.environ, "SCANRELAY_TEST_CLUSTER_DSN": dsn,
-           "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+           **(faketime_env(shift) if shift else {})}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, stdin=subprocess.DEVNULL)
 
@@ -378,7 +337,7 @@ def test_a_host_minutes_ahead_neither_fires_early_nor_twice(
         host_clocks(proc)
     for proc in [*others, ahead]:
         wait_exit(proc)
-    fired = assert_one_request_and_job_per_fire(cluster_dsn, "schedule:tick", "tick")
+    fired = fired_once(cluster_dsn, "schedule:tick", "tick")
     times = [r[0] for r in fired]
     assert all(b - a == timedelta(seconds=1) for a, b in zip(times, times[1:], strict=False))
     early = [(r[0], r[3], r[4]) for r in fired if r[4] < r[0]]

@@ -145,19 +145,22 @@ class FireClock:
                             "make it), more than its misfire_grace of {} s: skipped",
                             job.id, when, due.late, job.grace)
             return
-        if job.request is not None:
-            name, raw = job.request(due.fire_time)
-            made = self.fires.fire(due, name, raw) is not None
-        else:
-            made = self.fires.claim(due)
-        if not made:
+        made = self._make(job, due)
+        if made is None:
             log.debug("{}: the fire of {} was made by another host", job.id, when)
             return
+        catch_up = ""
         if due.late > LATE_AFTER or coalesced:
-            log.info("{}: catching up the fire of {} ({:.0f} s late, within misfire_grace {} "
-                     "s{})", job.id, when, due.late, job.grace,
-                     "; earlier fires coalesced into it" if coalesced else "")
-        if job.request is not None:
-            log.info("{}: fired for {}: enqueued {}", job.id, when, name)
-        elif job.then is not None:
+            catch_up = (f" (catching up: {due.late:.0f} s late, within misfire_grace "
+                        f"{job.grace} s{'; earlier fires coalesced into it' if coalesced else ''})")
+        log.info("{}: fired for {}: {}{}", job.id, when, made, catch_up)
+        if job.then is not None:
             job.then(due.fire_time)
+
+    def _make(self, job: ClockJob, due: Due) -> str | None:
+        """Make the fire (once per cluster); what it did, or None if another host had."""
+        if job.request is None:
+            return "this host runs it" if self.fires.claim(due) else None
+        name, raw = job.request(due.fire_time)
+        claim_id = self.fires.fire(due, name, raw)
+        return None if claim_id is None else f"enqueued {name} (claim {claim_id})"

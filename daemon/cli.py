@@ -55,12 +55,17 @@ def _setup_logs(config: Config, level: str | None = None) -> None:
 @app.command()
 def run(config: ConfigOpt = None) -> None:
     """Run the daemon in the foreground (systemd runs this)."""
-    from daemon.service import Service
-
     cfg = _config(config)
     _setup_logs(cfg)
     try:
-        code = Service(cfg).run()
+        if cfg.cluster is not None:  # one host of a cluster (docs/cluster.md)
+            from daemon.cluster.service import ClusterService
+
+            code = ClusterService(cfg).run()
+        else:
+            from daemon.service import Service
+
+            code = Service(cfg).run()
     except FatalError as exc:
         err.print(f"scanrelay: {exc}", markup=False)
         raise typer.Exit(1) from None
@@ -76,7 +81,7 @@ def once(file: Path, config: ConfigOpt = None) -> None:
 
     cfg = _config(config)
     _setup_logs(cfg, "WARNING")
-    layout = Layout(cfg.root).ensure(sorted(cfg.profiles))
+    layout = Layout.of(cfg).ensure(sorted(cfg.profiles))
     claimed = _claim_for_once(file, layout)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -112,7 +117,7 @@ def validate(files: Annotated[list[Path] | None, typer.Argument()] = None,
     cfg = _config(config)
     console.print(f"config: ok ({len(cfg.instances)} instances, {len(cfg.profiles)} profiles)")
     bad = 0
-    inbox = Layout(cfg.root).inbox.resolve()
+    inbox = Layout.of(cfg).inbox.resolve()
     for file in files or []:
         resolved = file.resolve()
         profile = profile_of(resolved, inbox) if resolved.is_relative_to(inbox) else None
@@ -355,7 +360,7 @@ def runs(failed: Annotated[bool, typer.Option("--failed")] = False,
          limit: int = 50, config: ConfigOpt = None) -> None:
     """Run history, newest first."""
     cfg = _config(config)
-    ledger = read_ledger(Layout(cfg.root).state)
+    ledger = read_ledger(Layout.of(cfg).state)
     records = ledger.recent(limit, failed_only=failed) if ledger else []
     if as_json:
         print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
@@ -375,7 +380,7 @@ def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
     """One run's summary: status, counts, errors, where its files are."""
     from daemon.runinfo import load_run
 
-    view = load_run(Layout(_config(config).root), run_id)
+    view = load_run(Layout.of(_config(config)), run_id)
     if view is None:
         err.print(f"no run {run_id}")
         raise typer.Exit(1)

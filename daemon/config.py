@@ -80,6 +80,9 @@ InstanceConfig = Annotated[
 
 class PathsConfig(Model):
     root: Path = Path(".")
+    # The daemon's own state/ (default: under the root). In cluster mode each host keeps
+    # it on local disk while the root is shared.
+    state: Path | None = None
     # Folders a request's deliver_to may name (results also placed there, e.g. a share).
     deliveries: list[Path] = Field(default_factory=list)
 
@@ -286,6 +289,11 @@ class Config(Model):
     @property
     def root(self) -> Path:
         return (self.base_dir / self.paths.root).resolve()
+
+    @property
+    def state_dir(self) -> Path | None:
+        """``paths.state`` resolved (None: ``state/`` under the root)."""
+        return None if self.paths.state is None else self.instance_path(self.paths.state)
 
     @property
     def delivery_roots(self) -> list[Path]:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # ``state/`` elsewhere than under the root (``paths.state``): in cluster mode the
+    # root is shared by every host, and each host keeps its own state on local disk.
+    state_dir: Path | None = None
+
+    @classmethod
+    def of(cls, config: Config) -> Layout:
+        return cls(config.root, config.state_dir)
 
     @property
     def inbox(self) -> Path:
@@ -32,7 +43,7 @@ class Layout:
 
     @property
     def state(self) -> Path:
-        return self.root / "state"
+        return self.state_dir or self.root / "state"
 
     def ensure(self, profiles: list[str] | None = None) -> Layout:
         for folder in (self.inbox, self.processing, self.done, self.failed, self.runs,

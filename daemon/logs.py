@@ -49,10 +49,16 @@ def setup(level: str = "INFO", json_lines: bool = False, stream: Any = None) -> 
                format="{message}" if json_lines else FORMAT, backtrace=False, diagnose=False)
 
 
-def add_run_sink(run_id: str, path: Path) -> int:
-    """A ``run.log`` that receives exactly the lines bound to ``run_id``."""
+def add_run_sink(run_id: str, path: Path, batch: int | None = None) -> int:
+    """A ``run.log`` that receives exactly the lines bound to ``run_id``; with ``batch``
+    (cluster mode: one batch of a run), not the lines bound to another batch."""
+    def mine(record: Any) -> bool:
+        extra = record["extra"]
+        return extra.get("run") == run_id and extra.get("batch") in (None, batch)
+
     return logger.add(path, level="DEBUG", format=FORMAT, encoding="utf-8",
-                      filter=lambda r: r["extra"].get("run") == run_id,
+                      filter=mine if batch is not None else
+                      lambda r: r["extra"].get("run") == run_id,
                       backtrace=False, diagnose=False, enqueue=False)
 
 

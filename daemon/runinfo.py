@@ -107,7 +107,7 @@ def retry_request(config: Config, key: str) -> Path:
     ``RequestError`` if its retry request is no longer valid."""
     from daemon.submit import drop_request  # late: submit imports request → config
 
-    view = load_run(Layout(config.root), key)
+    view = load_run(Layout.of(config), key)
     if view is None or view.retry is None:
         raise LookupError(f"{key}: no failed scans to retry (no retry.json for this run)")
     try:

@@ -37,7 +37,8 @@ from daemon.runstate import RunState
 from handlers.base import HandlerResult, RunContext
 from handlers.registry import handler_for
 
-__all__ = ["Runner", "create_run_dir", "deliver_results", "execute", "prepare", "refuse"]
+__all__ = ["Runner", "create_run_dir", "deliver_results", "execute", "prepare", "refuse",
+           "run_context"]
 
 ProgressHook = Callable[[str, int, int, dict[str, Any]], None]
 
@@ -140,7 +141,7 @@ def execute(config: Config, instances: Instances, request: Request, run_id: str,
     try:
         with logger.contextualize(run=run_id), \
                 outage.watch([request.source, request.target], _waiting(state, log)):
-            context = _context(config, instances, request, run_id, run_dir, state,
+            context = run_context(config, instances, request, run_id, run_dir, state,
                                checkpoint, stop, log, on_progress)
             result = handler_for(request.action)(context)
             if deliver and request.deliver_to is not None:
@@ -182,9 +183,10 @@ def deliver_results(config: Config, request: Request, run_dir: Path, log: Any) -
     return str(final)
 
 
-def _context(config: Config, instances: Instances, request: Request, run_id: str,
+def run_context(config: Config, instances: Instances, request: Request, run_id: str,
              run_dir: Path, state: RunState, checkpoint: Checkpoint, stop: threading.Event,
-             log: Any, on_progress: ProgressHook | None) -> RunContext:
+             log: Any, on_progress: ProgressHook | None = None) -> RunContext:
+    """What a handler gets: ``run.json`` (``state``) takes its progress and updates."""
     def progress(done: int, total: int, **counts: Any) -> None:
         state.progress(done, total, **counts)
         if on_progress:

@@ -50,7 +50,7 @@ STOP_DEADLINE = 8.0  # seconds in-flight runs get to checkpoint on shutdown (SPE
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.layout = Layout(config.root).ensure(sorted(config.profiles))
+        self.layout = Layout.of(config).ensure(sorted(config.profiles))
         self.ledger = Ledger(self.layout.state / LEDGER_FILE)
         self.instances = Instances(config)
         self.stop = threading.Event()

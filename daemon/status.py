@@ -35,7 +35,7 @@ def heartbeat_path(layout: Layout) -> Path:
 
 
 def collect(config: Config) -> dict[str, Any]:
-    layout = Layout(config.root)
+    layout = Layout.of(config)
     now = time.time()
     queue = inbox_queue(layout, now)
     in_flight = _in_flight(layout)

@@ -24,7 +24,7 @@ def drop_request(config: Config, raw: dict[str, Any], *, stem: str = "submit",
     choose a name it can look for later (the scheduler's exactly-once bookkeeping)."""
     if validate:
         build_request(raw, config)
-    inbox = Layout(config.root).ensure().inbox
+    inbox = Layout.of(config).ensure().inbox
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = name or f"{stem}-{stamp}-{secrets.token_hex(2)}.json"
     with atomic_writer(inbox / f".{name}") as f:

@@ -85,7 +85,7 @@ def _marker_field(ctx: RunContext, target: str) -> str | None:
 
 def _open_ledger(ctx: RunContext) -> CopyLedger:
     try:
-        return CopyLedger(Layout(ctx.config.root).state)
+        return CopyLedger(Layout.of(ctx.config).state)
     except (OSError, sqlite3.Error) as exc:
         raise FatalError(f"cannot open the copy ledger in state/: {exc}") from exc
 

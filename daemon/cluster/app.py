@@ -40,6 +40,16 @@ def defer(conn: psycopg.Connection[Any], task: str, **kwargs: Any) -> int:
     return deferrer.defer(**kwargs)
 
 
+def defer_many(conn: psycopg.Connection[Any], task: str, kwargs: list[dict[str, Any]]
+               ) -> list[int]:
+    """``defer`` of one job per item of ``kwargs``, in one statement; the job IDs."""
+    require_transaction(conn)
+    if not kwargs:
+        return []
+    deferrer = _deferrer().configure_task(task, connection=conn, queue=QUEUE)
+    return deferrer.batch_defer(*kwargs)
+
+
 def require_transaction(conn: psycopg.Connection[Any]) -> None:
     """Raise ``ValueError`` unless ``conn`` is inside a transaction (``conn.transaction()``)."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:

@@ -41,7 +41,7 @@ def schedule_rows(config: Config, now: datetime | None = None) -> list[ScheduleR
     """One row per schedule, then the rerun window. Raises nothing for a daemon that
     never ran (no state yet): next fires are then computed from the crons."""
     now = now or datetime.now(UTC)
-    layout = Layout(config.root)
+    layout = Layout.of(config)
     # A reader must not create the daemon's files: a missing one means "never ran".
     state = SchedulerState(layout.state / FILE) if (layout.state / FILE).exists() else None
     ledger = read_ledger(layout.state)

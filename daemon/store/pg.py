@@ -41,13 +41,18 @@ def dsn_of(cluster: ClusterConfig) -> str:
     return dsn
 
 
-def open_pool(dsn: str, *, max_size: int = 8, name: str = "scanrelay") -> ConnectionPool[Any]:
+def open_pool(dsn: str, *, max_size: int = 8, name: str = "scanrelay",
+              wait: bool = True) -> ConnectionPool[Any]:
     """A pool of autocommit connections: a caller wanting a transaction opens one with
-    ``conn.transaction()``. Waits for the server at most ``timeout`` seconds per get."""
+    ``conn.transaction()``. Waits for the server at most ``timeout`` seconds per get;
+    ``wait``: also at the open (else the pool connects in the background). Each
+    connection is checked as it is taken, so one the server dropped (a restart,
+    ``pg_terminate_backend``) is replaced instead of failing its next user."""
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn, min_size=1, max_size=max_size, name=name, open=False, timeout=30,
-        kwargs={"autocommit": True, "application_name": name})
-    pool.open(wait=True, timeout=30)
+        kwargs={"autocommit": True, "application_name": name},
+        check=ConnectionPool.check_connection)
+    pool.open(wait=wait, timeout=30)
     return pool
 
 

@@ -42,7 +42,7 @@ MAX_TEXT = 200
 class Pages:
     def __init__(self, config: Config, keys: Keys) -> None:
         self.config = config
-        self.layout = Layout(config.root)
+        self.layout = Layout.of(config)
         self.keys = keys
         self.actions = config.web.actions and keys.token is not None
         self._lock = threading.Lock()

@@ -1,0 +1,23 @@
+"""The ``hosts`` table: each host's heartbeat row, timed by the server's clock, for the
+views (hosts alive, who runs what)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+
+def beat(conn: psycopg.Connection[Any], host_id: str, *, stopping: bool = False,
+         info: dict[str, Any] | None = None) -> None:
+    """This host is alive (``started_at`` is renewed when its process changed)."""
+    conn.execute(
+        "INSERT INTO hosts (host_id, pid, started_at, heartbeat_at, stopping, info)"
+        " VALUES (%s, %s, now(), now(), %s, %s)"
+        " ON CONFLICT (host_id) DO UPDATE SET heartbeat_at = now(),"
+        " started_at = CASE WHEN hosts.pid <> EXCLUDED.pid THEN now()"
+        "                   ELSE hosts.started_at END,"
+        " pid = EXCLUDED.pid, stopping = EXCLUDED.stopping, info = EXCLUDED.info",
+        (host_id, os.getpid(), stopping, Jsonb(info or {})))

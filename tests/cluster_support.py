@@ -1,0 +1,128 @@
+"""Several hosts of one cluster on this machine: real ``python -m daemon run``
+processes sharing one root (inbox, processing, done, failed, runs) and one PostgreSQL
+database, each with a ``state/`` of its own, as N machines on a network share would.
+
+::
+
+    with ClusterRoot(tmp_path, hosts=3) as cluster:   # a fresh database, a root
+        cluster.start()                               # every host, each ready
+        drop(cluster.root / "inbox", "a.csv", "scan_id\\n1001\\n")
+        wait_settled(cluster.root, ["a.csv"])
+    # leaving the block: SIGTERM to each host still running (each must exit within
+    # 10 s), then the database is dropped
+
+The hosts heartbeat fast and take a silent worker for dead after 3 s, so tests that
+kill hosts do not wait long for their jobs to move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psycopg
+import yaml
+from helpers import DaemonProcess, config_dict, merge
+
+from daemon.demo import create_demo
+from tests import pg as testpg
+
+DSN_ENV = "SCANRELAY_TEST_CLUSTER_DSN"
+FAST_CLUSTER = {"heartbeat_seconds": 0.5, "stalled_seconds": 3, "sweep_seconds": 1,
+                "claim_orphan_seconds": 2, "max_attempts": 3, "batch_size": 4}
+
+
+class ClusterRoot:
+    """A shared root, a database, and ``hosts`` daemons (``host-1`` ...) on them."""
+
+    def __init__(self, tmp_path: Path, *, hosts: int = 3,
+                 cluster: Mapping[str, Any] | None = None,
+                 env: Mapping[str, Mapping[str, str]] | None = None,
+                 **overrides: Any) -> None:
+        """``cluster``: keys of the ``cluster:`` section over ``FAST_CLUSTER``;
+        ``env``: extra environment per host ID; ``overrides``: config sections."""
+        self.tmp = tmp_path
+        self.root = tmp_path / "shared"
+        self.root.mkdir()
+        create_demo(self.root / "data")
+        self.dsn = ""
+        self.cluster = {**FAST_CLUSTER, **(cluster or {})}
+        self.overrides = overrides
+        self.env = env or {}
+        self.hosts = [f"host-{n}" for n in range(1, hosts + 1)]
+        self.daemons: dict[str, DaemonProcess] = {}
+
+    def __enter__(self) -> ClusterRoot:
+        testpg.require_admin_dsn()
+        self.dsn = testpg.create_database("cluster")
+        for host in self.hosts:
+            self.config_path(host).write_text(
+                yaml.safe_dump(self.config(host), sort_keys=False), encoding="utf-8")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            for daemon in self.daemons.values():
+                daemon.__exit__(exc_type, exc, tb)
+        finally:
+            testpg.drop_database(self.dsn)
+
+    def config(self, host: str) -> dict[str, Any]:
+        data = self.root / "data"
+        base = config_dict(
+            paths={"root": str(self.root), "state": str(self.tmp / f"state-{host}")},
+            instances={"demo-source": {"kind": "folder", "path": str(data / "demo-source")},
+                       "demo-target": {"kind": "folder", "path": str(data / "demo-target")}},
+            intake={"mode": "polling", "poll_interval": 0.2, "settle_seconds": 0.3},
+            cluster={"dsn_env": DSN_ENV, "host_id": host, **self.cluster})
+        return merge(base, self.overrides)
+
+    def config_path(self, host: str) -> Path:
+        return self.tmp / f"{host}.yml"
+
+    def daemon(self, host: str) -> DaemonProcess:
+        """The host's daemon (a new process object each ``start``)."""
+        return self.daemons[host]
+
+    def start(self, *hosts: str) -> None:
+        """Start the given hosts (default: all), each until it is ready."""
+        for host in hosts or self.hosts:
+            env = {DSN_ENV: self.dsn, **self.env.get(host, {})}
+            daemon = DaemonProcess(self.root, config=self.config_path(host), env=env,
+                                   ready_timeout=60)
+            self.daemons[host] = daemon
+            daemon.start()
+
+    def stop(self, *hosts: str) -> dict[str, float]:
+        """SIGTERM to the given hosts (default: all) at once; seconds each took to exit
+        (each must within 10 s)."""
+        chosen = [self.daemons[h] for h in hosts or self.daemons if self.daemons[h].alive()]
+        for daemon in chosen:
+            assert daemon.proc is not None
+            daemon.proc.terminate()
+        for daemon in chosen:
+            daemon.stop()
+        return {h: d.stop_seconds or 0.0 for h, d in self.daemons.items() if d in chosen}
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return conn.execute(sql.encode(), params).fetchall()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {h}\n{d.log_text()[-6000:]}" for h, d in self.daemons.items())
+
+
+def terminate_backends(dsn: str) -> int:
+    """``pg_terminate_backend`` of every other connection to the database of ``dsn``."""
+    with contextlib.closing(psycopg.connect(dsn, autocommit=True)) as conn:
+        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                            ).fetchall()
+    return sum(1 for (ok,) in rows if ok)

@@ -8,12 +8,11 @@ Two kinds of hosts run the same scenario:
 
 - scheduler processes (``cluster_fire_host.py``: the cluster's scheduler alone), which
   test the fires;
-- real daemons (``scanrelay run`` with ``cluster:``), which also run every request to
-  ``done/``; they need the core runtime (``daemon.cluster.service``)."""
+- real daemons (``scanrelay run`` with ``cluster:``, ``ClusterService``), which also
+  run every fire's request, each into ``done/`` once."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-import yaml
+from cluster_support import ClusterRoot
 from fire_support import (
     assert_one_request_and_job_per_fire,
     db_now,
@@ -34,7 +33,9 @@ from fire_support import (
     fire_rows,
     migrated_database,
 )
-from helpers import make_root
+from helpers import make_root, wait_settled
+
+from daemon.schedule.fires import request_name
 
 HOST_SCRIPT = Path(__file__).with_name("cluster_fire_host.py")
 DSN_ENV = "SCANRELAY_TEST_CLUSTER_DSN"
@@ -43,7 +44,7 @@ TICK, RARE = "schedule:tick", "schedule:rare"
 SCHEDULES = {TICK: "tick", RARE: "rare"}
 REQUEST = {"action": "download", "source": "demo-source", "scan_ids": [1001]}
 RARE_SECONDS, RARE_GRACE = 30, 3
-HOSTS = (("h0", 0), ("h1", 0), ("ahead", SHIFT_SECONDS))
+HOST_IDS = ("h0", "h1", "ahead")
 
 
 class Host(Protocol):
@@ -60,12 +61,15 @@ def cluster_dsn(pg_dsn: str) -> Iterator[str]:
     yield from migrated_database()
 
 
+def schedules() -> list[dict[str, Any]]:
+    return [{"name": "tick", "cron": "*/5 * * * * *", "timezone": "UTC", "misfire_grace": 60,
+             "request": REQUEST},
+            {"name": "rare", "cron": f"*/{RARE_SECONDS} * * * * *", "timezone": "UTC",
+             "misfire_grace": RARE_GRACE, "request": REQUEST}]
+
+
 def shared_root(tmp_path: Path) -> Path:
-    return make_root(tmp_path, log={"level": "INFO"}, schedules=[
-        {"name": "tick", "cron": "*/5 * * * * *", "timezone": "UTC", "misfire_grace": 60,
-         "request": REQUEST},
-        {"name": "rare", "cron": f"*/{RARE_SECONDS} * * * * *", "timezone": "UTC",
-         "misfire_grace": RARE_GRACE, "request": REQUEST}])
+    return make_root(tmp_path, log={"level": "INFO"}, schedules=schedules())
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -84,10 +88,13 @@ def fired_after(dsn: str, job: str, moment: datetime, count: int = 1) -> list[An
     return found if len(found) >= count else None
 
 
-def run_scenario(dsn: str, start: HostStarter) -> dict[str, Any]:
-    """Up, kill the host that fired, all down past the grace, up again; what the
-    assertions need: the moments between phases."""
-    hosts = {host_id: start(host_id, shift) for host_id, shift in HOSTS}
+def run_scenario(dsn: str, start: HostStarter, *, names: tuple[str, ...] = HOST_IDS,
+                 at_end: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Up, kill the host that fired, all down past the grace, up again (then
+    ``at_end``, hosts still up); what the assertions need: the moments between phases.
+    The last of ``names`` runs with its clock ``SHIFT_SECONDS`` ahead."""
+    shifts = {host_id: SHIFT_SECONDS if host_id == names[-1] else 0 for host_id in names}
+    hosts = {host_id: start(host_id, shift) for host_id, shift in shifts.items()}
     try:
         began = db_now(dsn)
         wait_for("4 fires by three hosts", lambda: fired_after(dsn, TICK, began, 4), 60)
@@ -105,10 +112,12 @@ def run_scenario(dsn: str, start: HostStarter) -> dict[str, Any]:
         missed_rare = rare[0][0] + timedelta(seconds=RARE_SECONDS)
         time.sleep((missed_rare - db_now(dsn)).total_seconds() + RARE_GRACE + 2)
         restarted_at = db_now(dsn)
-        hosts = {host_id: start(host_id, shift) for host_id, shift in HOSTS}
+        hosts = {host_id: start(host_id, shift) for host_id, shift in shifts.items()}
         wait_for("2 fires after the restart",
                  lambda: fired_after(dsn, TICK, restarted_at, 2), 40)
         wait_for("rare's missed fire", lambda: len(fire_rows(dsn, RARE)) > len(rare), 20)
+        if at_end is not None:
+            at_end()
         return {"victim": victim, "killed_at": killed_at, "down_at": down_at,
                 "restarted_at": restarted_at, "missed_rare": missed_rare}
     finally:
@@ -116,8 +125,8 @@ def run_scenario(dsn: str, start: HostStarter) -> dict[str, Any]:
             host.stop()
 
 
-def assert_scenario(dsn: str, moments: dict[str, Any]) -> None:
-    assert_one_request_and_job_per_fire(dsn, SCHEDULES)
+def assert_scenario(dsn: str, moments: dict[str, Any], *, jobs: bool = True) -> None:
+    assert_one_request_and_job_per_fire(dsn, SCHEDULES, jobs=jobs)
     ticks = fire_rows(dsn, TICK)
     assert all(r[1] == "fired" for r in ticks)
     early = [(r[0], r[3], r[4]) for r in ticks + fire_rows(dsn, RARE) if r[4] < r[0]]
@@ -176,36 +185,32 @@ def test_three_scheduler_hosts_fire_once_through_kills_and_downtime(
 # ---- hosts as real daemons -----------------------------------------------------------
 
 
-def cluster_service_ready() -> bool:
-    return importlib.util.find_spec("daemon.cluster.service") is not None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not cluster_service_ready(),
-                    reason="needs the core runtime's ClusterService (daemon.cluster.service)")
-def test_three_daemon_hosts_fire_once_and_run_every_fire(cluster_dsn: str,
-                                                         tmp_path: Path) -> None:
-    from helpers import DaemonProcess, wait_settled
+def test_three_daemon_hosts_fire_once_and_run_every_fire(tmp_path: Path) -> None:
+    with ClusterRoot(tmp_path, hosts=3, env={"host-3": faketime_env(SHIFT_SECONDS)},
+                     schedules=schedules(), log={"level": "INFO"}) as cluster:
 
-    root = shared_root(tmp_path)
+        def start(host_id: str, shift: int) -> Host:
+            cluster.start(host_id)  # host-3's environment shifts its clock
+            return cluster.daemon(host_id)
 
-    def start(host_id: str, shift: int) -> DaemonProcess:
-        # One shared root; each host its own config (its host_id; its own state/ once
-        # the core runtime says where a host keeps it).
-        config = yaml.safe_load((root / "config.yml").read_text(encoding="utf-8"))
-        config["paths"]["root"] = str(root)
-        config["cluster"] = {"dsn_env": DSN_ENV, "host_id": host_id}
-        host_config = tmp_path / f"{host_id}.yml"
-        host_config.write_text(yaml.safe_dump(config), encoding="utf-8")
-        daemon = DaemonProcess(root, config=host_config,
-                               env={DSN_ENV: cluster_dsn,
-                                    **(faketime_env(shift) if shift else {})})
-        daemon.start()
-        return daemon
+        def every_fire_runs_once() -> None:
+            names = fired_names(cluster.dsn)
+            settled = wait_settled(cluster.root, names, timeout=120)
+            assert all(folder == "done" for folder, _ in settled.values()), settled
+            # Each once, however many hosts: a second run would settle as <stem>-2.json.
+            done = {p.name for p in (cluster.root / "done").glob("schedule-*.json")
+                    if ".json." not in p.name}  # not the sidecars
+            assert done <= set(fired_names(cluster.dsn)), sorted(done)
 
-    moments = run_scenario(cluster_dsn, start)
-    assert_scenario(cluster_dsn, moments)
-    names = [f"schedule-tick-{r[0]:%Y%m%d-%H%M%S}.json" for r in fire_rows(cluster_dsn, TICK)]
-    with DaemonProcess(root, config=tmp_path / "h0.yml", env={DSN_ENV: cluster_dsn}):
-        settled = wait_settled(root, names, timeout=120)
-    assert all(folder == "done" for folder, _ in settled.values()), settled
+        try:
+            moments = run_scenario(cluster.dsn, start, names=tuple(cluster.hosts),
+                                   at_end=every_fire_runs_once)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{cluster.logs()}") from None
+        assert_scenario(cluster.dsn, moments, jobs=False)  # done/ says each ran once
+
+
+def fired_names(dsn: str) -> list[str]:
+    return [request_name(SCHEDULES[job], r[0]) for job in SCHEDULES
+            for r in fire_rows(dsn, job) if r[1] == "fired"]

@@ -91,7 +91,7 @@ class FireClock:
             self._thread = threading.Thread(target=self._run, name="fire-clock", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         """Stop firing; a fire in progress finishes first (within ``timeout``)."""
         self._halt.set()
         if self._thread is not None:

@@ -56,8 +56,10 @@ def require_transaction(conn: psycopg.Connection[Any]) -> None:
         raise ValueError("the caller must hold an open transaction on conn")
 
 
-def worker_app(dsn: str, *, name: str, pool_size: int = 4) -> App:
-    """A worker's App on its own async pool (opened by the worker itself)."""
+def worker_app(dsn: str, *, name: str, pool_size: int = 4, timeout: float = 5) -> App:
+    """A worker's App on its own async pool (opened by the worker itself). A query
+    waits at most ``timeout`` seconds for a connection: a worker that lost PostgreSQL
+    ends soon, and the service starts another once it is back."""
     connector = PsycopgConnector(conninfo=dsn, min_size=1, max_size=pool_size,
-                                 kwargs={"application_name": name})
+                                 timeout=timeout, kwargs={"application_name": name})
     return App(connector=connector)

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -147,11 +148,33 @@ class ClusterService:
             with self.pool.connection(timeout=2) as conn:
                 hosts.beat(conn, self.cluster.host_id,
                            info={"running": self.rt.executions.count()})
+                silent = self._worker_silent(conn)
         except DB_ERRORS as exc:
             self._db_failed(now, exc)
-        else:
-            self._db_answers()
+            return
+        self._db_answers()
+        if silent:
+            self._restart_worker("the job worker stopped heartbeating (it lost "
+                                 "PostgreSQL for a moment)")
         self.notifier.send("WATCHDOG=1", self._status_line())
+
+    def _worker_silent(self, conn: psycopg.Connection[Any]) -> bool:
+        """The worker's loop ended on its own (a query cut off by a dropped connection
+        ends it) while its thread still waits for its jobs: they would run on unseen,
+        and the sweep would give them to another host meanwhile."""
+        worker_id = self.worker.worker_id
+        if self._db_lost or worker_id is None or self.rt.executions.stopping.is_set():
+            return False
+        return hosts.worker_silent(conn, worker_id, 2 * self.cluster.heartbeat_seconds + 1)
+
+    def _restart_worker(self, why: str) -> None:
+        """Stop this host's jobs (they checkpoint and go back to the queue) and the
+        worker; ``_supervise_worker`` starts a new one once they have ended."""
+        logger.warning("{}: this host's jobs go back to the queue; the worker starts "
+                       "again", why)
+        self.rt.executions.stop_all()
+        retry.STOPPING.set()
+        self.worker.stop()
 
     def _db_failed(self, now: float, exc: BaseException) -> None:
         if self._db_failing_since is None:

@@ -69,6 +69,7 @@ def test_a_crash_between_claim_and_commit_gets_exactly_one_job(tmp_path: Path) -
     assert [p for p in listing(cluster.root / "inbox") if "/" in p or "." in p] == []
 
 
+@pytest.mark.slow
 def test_a_batch_that_kills_its_host_every_time_is_abandoned(tmp_path: Path) -> None:
     """Issue 15, test 6. Every host dies (os._exit) when it starts the batch holding
     scan 1005; a supervisor restarts them. After its 3 attempts the batch is abandoned:
@@ -107,6 +108,7 @@ def test_a_batch_that_kills_its_host_every_time_is_abandoned(tmp_path: Path) -> 
     assert retry["scan_ids"] == [1005, 1006, 1007, 1008]
 
 
+@pytest.mark.slow
 def test_claim_race_500_drops_on_three_hosts_each_ends_exactly_once(tmp_path: Path) -> None:
     """Issue 15, test 1. Three hosts claim from one inbox: 500 drops, 150 of them
     re-drops of a name already dropped (once the first has been claimed), a third of
@@ -182,6 +184,7 @@ def _wait_for(condition: Any, timeout: float, cluster: ClusterRoot) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_postgresql_restarted_and_every_host_stopped_mid_run(prod: Any,
                                                                tmp_path: Path) -> None:
     """Issue 15, test 10. Six downloads from a slow platform spread over three hosts.
@@ -258,3 +261,44 @@ def _database_away(cluster: ClusterRoot, seconds: float) -> None:
         finally:
             conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
                 sql.Identifier(name)))
+
+
+def test_a_copy_and_a_download_split_in_batches_end_as_one_run(tmp_path: Path) -> None:
+    """A copy with analysis and a download, each split into batches of 4 scans that
+    run on two hosts, end as one run each: one mapping and one manifest in request
+    order, the images in the run's own folder, the analysis over every pair, and each
+    source scan copied exactly once."""
+    ids = DEMO_SCAN_IDS[:10]
+    copy = json.dumps({"action": "copy", "source": "demo-source", "target": "demo-target",
+                       "target_store_id": 1, "scan_ids": ids[::-1], "analyze": True})
+    with ClusterRoot(tmp_path, hosts=2, copy={"wait_for_processing": 20,
+                                              "poll_interval": 0.2}) as cluster:
+        cluster.start()
+        drop(cluster.root / "inbox", "copy.json", copy)
+        drop(cluster.root / "inbox", "download.json", download(ids))
+        got = wait_settled(cluster.root, ["copy.json", "download.json"], timeout=90)
+        hosts = cluster.query("SELECT DISTINCT host_id FROM batches")
+    assert len(hosts) == 2, "both hosts ran batches"
+    folder, result = got["copy.json"]
+    assert (folder, result["status"]) == ("done", "done"), result
+    run_dir = cluster.root / result["run_dir"]
+    with (run_dir / "scan_mapping.csv").open(encoding="utf-8", newline="") as f:
+        mapping = list(csv.DictReader(f))
+    assert [int(r["Source_Scan_ID"]) for r in mapping] == ids[::-1]
+    assert {r["status"] for r in mapping} == {"ok"}
+    targets = [int(r["Target_Scan_ID"]) for r in mapping]
+    assert len(set(targets)) == 10
+    target_scans = sorted(int(p.name) for p in
+                          (cluster.root / "data" / "demo-target" / "scans").iterdir())
+    assert target_scans == sorted(targets), "one target scan per source scan"
+    assert result["analysis"]["status"] == "done" and result["analysis"]["pairs"] == 10
+    assert (run_dir / "analysis.xlsx").exists()
+    folder, result = got["download.json"]
+    assert (folder, result["status"]) == ("done", "done"), result
+    run_dir = cluster.root / result["run_dir"]
+    rows = manifest(run_dir)
+    assert [int(r["scan_id"]) for r in rows] == sorted(int(r["scan_id"]) for r in rows)
+    assert {int(r["scan_id"]) for r in rows} == set(ids)
+    assert sorted(r["path"] for r in rows) == \
+        sorted(f"images/{p.name}" for p in (run_dir / "images").iterdir())
+    assert result["counts"]["files"] == len(rows)

@@ -24,7 +24,8 @@ TASK_PLAN = "scanrelay.plan"  # parse a request, make its run folder, split it i
 TASK_BATCH = "scanrelay.batch"  # run the handler on one batch of a run's scans
 TASK_SETTLE = "scanrelay.settle"  # merge the batches, settle into done/ or failed/
 TASK_SWEEP = "scanrelay.sweep"  # stalled jobs, orphan claims, stages without a job
-TASKS = (TASK_PLAN, TASK_BATCH, TASK_SETTLE, TASK_SWEEP)
+TASK_RETENTION = "scanrelay.retention"  # retention.days, hourly, once in the cluster
+TASKS = (TASK_PLAN, TASK_BATCH, TASK_SETTLE, TASK_SWEEP, TASK_RETENTION)
 
 
 @functools.cache

@@ -14,10 +14,11 @@ transaction per tick, never per HTTP call. Each tick:
 5. leases free or expired rows in bulk, up to what it wants within its share.
 
 Ticks come every third of a lease while nothing changes, every ``poll`` seconds while
-some broker waits for slots, and at once (but never closer than ``poll``) when a local
-call has to wait or a slot falls idle over the share. Locally, an instance's leases are
-handed out like a semaphore (``InstanceSlots``), so ``daemon.retry.holding`` gives a
-slot back during a retry wait.
+some broker holds fewer slots than it wants within its share (slots are about to move),
+and at once (but never closer than ``poll``) when a local call has to wait or a slot
+falls idle over the share. Locally, an instance's leases are handed out like a
+semaphore (``InstanceSlots``), so ``daemon.retry.holding`` gives a slot back during a
+retry wait.
 
 What it guarantees. A slot is handed out only while the last good tick *started* less
 than half a lease ago and no tick has failed since. The server dated the leases from a
@@ -219,7 +220,9 @@ class SlotBroker:
                 self._gate.wake.wait(max(0.0, rest))
 
     def _tick(self, started: float) -> bool:
-        """One exchange with PostgreSQL; returns whether some broker waits for slots."""
+        """One exchange with PostgreSQL; returns whether some broker (this one or
+        another) holds fewer slots than it wants within its share: slots are about to
+        move, so the next tick comes soon."""
         with self._gate.lock:
             instances = list(self._instances.values())
         if not instances:
@@ -297,8 +300,8 @@ class SlotBroker:
         for slots in instances:
             lost = slots.grant(held[slots.name], shares[slots.name])
             if lost:
-                logger.warning("connection slots of {}: leases {} were taken by another "
-                               "host", slots.name, sorted(lost))
+                logger.warning("connection slots of {}: leases {} were lost (this host "
+                               "did not renew them in time)", slots.name, sorted(lost))
 
     def _failed(self, exc: BaseException) -> None:
         with self._gate.lock:

@@ -169,9 +169,20 @@ def test_summary_says_hosts_queue_and_who_runs_what(root: Path, dsn: str,
     monkeypatch.setenv(DSN_ENV, dsn)
     view = ClusterView(load_config(str(root / "config.yml")).cluster)  # type: ignore[arg-type]
     try:
+        assert view.summary()["slots"] == []  # no slot_leases table yet: nothing held
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # The slots part's table (0004_slots.sql), as agreed: created here if absent.
+            conn.execute("CREATE TABLE IF NOT EXISTS slot_leases (instance text NOT NULL,"
+                         " slot integer NOT NULL, host_id text NOT NULL,"
+                         " expires_at timestamptz NOT NULL, PRIMARY KEY (instance, slot))")
+            conn.execute("INSERT INTO slot_leases (instance, slot, host_id, expires_at)"
+                         " VALUES ('prod', 0, 'a', now() + interval '20 seconds'),"
+                         " ('prod', 1, 'a', now() + interval '20 seconds'),"
+                         " ('prod', 2, 'c', now() - interval '1 minute')")  # c's lapsed
         summary = view.summary()
     finally:
         view.close()
+    assert summary["slots"] == [{"instance": "prod", "host": "a", "held": 2}]
     assert summary["reachable"] is True
     hosts = {h["host_id"]: h for h in summary["hosts"]}
     assert {k: h["state"] for k, h in hosts.items()} == {

@@ -1,0 +1,1 @@
+"""Cluster mode: several hosts share one root and agree through PostgreSQL."""

@@ -1,1 +1,1 @@
-"""Cluster mode: several hosts share one root and one PostgreSQL (docs/cluster.md)."""
+"""Cluster mode: several hosts share one root and agree through PostgreSQL."""

@@ -20,11 +20,11 @@ from daemon.errors import FatalError, RequestError, ScanrelayError
 from daemon.instances.registry import Instances
 from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
 from daemon.layout import Layout
-from daemon.ledger import LEDGER_FILE, Ledger, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.readers import read_request_file
 from daemon.request import build_select, parse_request
 from daemon.runner import Runner
+from daemon.store.sqlite_requests import LEDGER_FILE, SqliteRequestStore, read_ledger
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scanrelay: copy, download and compare shelf scans from request files.")
@@ -81,7 +81,7 @@ def once(file: Path, config: ConfigOpt = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ledger, instances = Ledger(layout.state / LEDGER_FILE), Instances(cfg)
+    ledger, instances = SqliteRequestStore(layout.state / LEDGER_FILE), Instances(cfg)
     with ProgressBars(console) as bars:
         status = Runner(cfg, layout, ledger, instances, stop, bars.update).process(claimed)
     instances.close()

@@ -19,9 +19,10 @@ from daemon.config import Config
 from daemon.errors import RequestError
 from daemon.fsutil import is_ignored_name
 from daemon.layout import Layout
-from daemon.ledger import RequestRecord, read_ledger
 from daemon.runstate import RunState
 from daemon.settle import ERROR, RESULT, RETRY
+from daemon.store.records import RequestRecord
+from daemon.store.sqlite_requests import read_ledger
 
 # A run ID (YYYYMMDD-HHMMSS-<action>-<6 hex>) or a claim ID (the same without action).
 RUN_KEY = re.compile(r"^\d{8}-\d{6}(-[a-z]{1,16})?-[0-9a-f]{6}$")

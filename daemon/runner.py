@@ -25,12 +25,12 @@ from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed, profile_of
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
 from daemon.request import Request, parse_request
 from daemon.runstate import RunState, now_iso
 from daemon.settle import Sidecars, settle
+from daemon.store.abc import RequestStore
 from handlers.base import HandlerResult, RunContext
 from handlers.registry import handler_for
 
@@ -41,7 +41,7 @@ MAX_ERRORS_IN_RUN_JSON = 200
 class Runner:
     """Processes claimed requests; safe to call from several worker threads."""
 
-    def __init__(self, config: Config, layout: Layout, ledger: Ledger, instances: Instances,
+    def __init__(self, config: Config, layout: Layout, ledger: RequestStore, instances: Instances,
                  stop: threading.Event, on_progress: ProgressHook | None = None) -> None:
         self.config = config
         self.layout = layout
@@ -212,7 +212,7 @@ class Runner:
         return RunStatus.INVALID
 
 
-def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: str) -> Path:
+def refuse(path: Path, layout: Layout, ledger: RequestStore, reason: str, claim_id: str) -> Path:
     """Put a file that cannot be a request straight into ``failed/`` with the reason."""
     profile = profile_of(path, layout.inbox) if path.parent != layout.inbox else None
     ledger.claimed(claim_id, path.name, profile)
@@ -223,7 +223,7 @@ def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: st
 
 
 def settle_invalid(src: Path, name: str, profile: str | None, claim_id: str,
-                   problems: list[str], layout: Layout, ledger: Ledger) -> Path:
+                   problems: list[str], layout: Layout, ledger: RequestStore) -> Path:
     """An invalid request, or a file that cannot be one, into ``failed/`` with its
     problems (redacted); nothing ran, so there is no run folder."""
     problems = [redact(p) for p in problems]

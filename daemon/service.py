@@ -34,12 +34,12 @@ from daemon.intake.claimer import Claimer, NotYet
 from daemon.intake.inbox import waiting
 from daemon.intake.watcher import InboxWatcher, PathQueue
 from daemon.layout import Layout
-from daemon.ledger import LEDGER_FILE, Ledger
 from daemon.notify import Notifier
 from daemon.outcomes import RunStatus
 from daemon.runner import Runner, refuse
 from daemon.schedule.scheduler import Scheduler
 from daemon.status import heartbeat_path
+from daemon.store.sqlite_requests import LEDGER_FILE, SqliteRequestStore
 
 TICK = 0.05  # seconds the main loop waits for a path before doing its rounds
 PRUNE_INTERVAL = 3600.0  # seconds between retention sweeps (the first one at start)
@@ -50,7 +50,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.layout = Layout(config.root).ensure(sorted(config.profiles))
-        self.ledger = Ledger(self.layout.state / LEDGER_FILE)
+        self.ledger = SqliteRequestStore(self.layout.state / LEDGER_FILE)
         self.instances = Instances(config)
         self.stop = threading.Event()
         self.runner = Runner(config, self.layout, self.ledger, self.instances, self.stop)

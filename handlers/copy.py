@@ -6,7 +6,7 @@ target instance, exactly once, with ``scan_mapping.csv`` and an optional analysi
   create;
 - ``copy_pipeline``: the worker pool and the window of batches;
 - ``copy_analysis``: with ``analyze``, waiting for processing and the analysis;
-- ``daemon.copyledger``: what earlier runs copied (``state/copies.sqlite``).
+- ``daemon.store``: what earlier runs copied (``state/copies.sqlite``).
 
 The last pass (``retry.passes``): scans that still failed transiently, after their
 batch's retries, are held back from the report and copied again at the end of the run,
@@ -26,10 +26,10 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from daemon.copyledger import CopyLedger
 from daemon.errors import FatalError, PermanentError, TransientError
 from daemon.instances.base import Instance
 from daemon.layout import Layout
+from daemon.store.sqlite_copies import CopyLedger
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
 from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline

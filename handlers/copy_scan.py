@@ -39,10 +39,11 @@ from pathlib import Path
 
 from loguru import logger
 
-from daemon.copyledger import CopyKey, CopyLedger, OpenIntent, key_lock
 from daemon.errors import PermanentError, ScanrelayError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan
 from daemon.retry import RetryPolicy
+from daemon.store.records import CopyKey, OpenIntent
+from daemon.store.sqlite_copies import CopyLedger, key_lock
 from handlers.base import ItemStatus, RunContext
 from handlers.copy_plan import (
     CapturedAtMode,

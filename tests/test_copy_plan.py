@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.copyledger import CopyKey, CopyLedger, OpenIntent, key_lock
 from daemon.errors import PermanentError
 from daemon.instances.base import FileRef, Scan, ScanDetails
+from daemon.store.records import CopyKey, OpenIntent
+from daemon.store.sqlite_copies import CopyLedger, key_lock
 from handlers.base import ItemStatus
 from handlers.copy_plan import (
     ScanOutcome,

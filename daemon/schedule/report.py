@@ -14,12 +14,13 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.layout import Layout
-from daemon.ledger import Ledger, read_ledger
 from daemon.schedule.cron import cron_trigger
 from daemon.schedule.lineage import outcome
 from daemon.schedule.scheduler import job_specs
 from daemon.schedule.state import FILE, FIRE, MISSED, RAN, RESERVED, WINDOW, Drop, SchedulerState
 from daemon.schedule.store import fingerprint
+from daemon.store.abc import RequestStore
+from daemon.store.sqlite_requests import read_ledger
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def next_schedules(config: Config) -> list[dict[str, Any]]:
     return [{"job": r.job, "next_fire": r.next_fire, "overdue": r.overdue} for r in rows]
 
 
-def _outcome(last: Drop, layout: Layout, ledger: Ledger | None,
+def _outcome(last: Drop, layout: Layout, ledger: RequestStore | None,
              state: SchedulerState) -> str:
     if last.state == MISSED:
         late = (last.detail or {}).get("late_seconds")

@@ -1,5 +1,5 @@
 """Routes of the web page. Each one calls the read layer (``daemon.status``,
-``daemon.ledger``, ``daemon.runinfo``, ``daemon.schedule.report``) and hands what it
+``daemon.store``, ``daemon.runinfo``, ``daemon.schedule.report``) and hands what it
 got to a template; the only write is the opt-in retry, which is ``scanrelay retry``."""
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ from daemon import status
 from daemon.config import Config
 from daemon.errors import RequestError
 from daemon.layout import Layout
-from daemon.ledger import Ledger, RunFilter, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
 from daemon.runinfo import RunView, failed_requests, load_run, retry_request, run_file
 from daemon.schedule.report import schedule_rows
+from daemon.store.abc import RequestStore
+from daemon.store.records import RunFilter
+from daemon.store.sqlite_requests import read_ledger
 from daemon.web import fmt
 from daemon.web.analysis import analysis_view, colour_css, known_comment
 from daemon.web.guard import COOKIE, Guard, Keys
@@ -46,7 +48,7 @@ class Pages:
         self.keys = keys
         self.actions = config.web.actions and keys.token is not None
         self._lock = threading.Lock()
-        self._history: Ledger | None = None
+        self._history: RequestStore | None = None
         self.env = Environment(loader=PackageLoader("daemon.web", "templates"),
                                autoescape=select_autoescape(default=True))
         fmt.install(self.env)
@@ -154,7 +156,7 @@ class Pages:
 
     # --- helpers ----------------------------------------------------------------
 
-    def _ledger(self) -> Ledger | None:
+    def _ledger(self) -> RequestStore | None:
         """One read-only connection for the page's lifetime (opening one per request
         costs more than the query); None until the daemon has created the ledger."""
         with self._lock:

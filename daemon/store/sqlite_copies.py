@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon import statedb
+from daemon.store.records import CopyKey, CopyState, MarkerCheck, OpenIntent
 
 FILE_NAME = "copies.sqlite"
 SCHEMA = """
@@ -70,51 +71,6 @@ CREATE TABLE IF NOT EXISTS target_markers (
 );
 """
 CHUNK = 500  # IDs per query (well under SQLite's parameter limit)
-
-
-@dataclass(frozen=True)
-class CopyKey:
-    """What makes two copies "the same copy" (SPEC §4)."""
-
-    source: str
-    source_scan_id: int
-    target: str
-    target_store_id: int
-
-    def as_tuple(self) -> tuple[str, int, str, int]:
-        return (self.source, self.source_scan_id, self.target, self.target_store_id)
-
-
-@dataclass(frozen=True)
-class OpenIntent:
-    """A create that was intended but never confirmed: its marker and upload IDs."""
-
-    marker: str
-    upload_ids: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class CopyState:
-    """What the ledger knows of one key: its newest finished copy, and the creates
-    that were intended but never confirmed (by any run)."""
-
-    copied_to: int | None = None
-    copied_by: str | None = None  # the run that made (or found) that copy
-    open_intents: tuple[OpenIntent, ...] = ()
-
-    @property
-    def open_markers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(i.marker for i in self.open_intents))
-
-
-@dataclass(frozen=True)
-class MarkerCheck:
-    """Whether ``target`` kept the marker field ``field`` of a create it was sent."""
-
-    target: str
-    field: str
-    kept: bool
-    checked_at: float
 
 
 @dataclass

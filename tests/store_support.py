@@ -16,14 +16,17 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from daemon.checkpoint import FileCheckpoints
 from daemon.store import pg
 from daemon.store.abc import CheckpointStores, CopyStore, RequestStore
+from daemon.store.pg_checkpoints import PgCheckpoints
+from daemon.store.pg_copies import PgCopyStore
 from daemon.store.pg_requests import PgRequestStore
+from daemon.store.sqlite_copies import SqliteCopyStore
 from daemon.store.sqlite_requests import LEDGER_FILE, SqliteRequestStore
 from tests import pg as testpg
 
 HOST = "host-a"
-STATE_TABLES = ("requests", "batches", "hosts")
 
 
 @contextlib.contextmanager
@@ -79,10 +82,15 @@ class StoreKind:
         return store
 
     def copies(self, lease_seconds: float = 30.0) -> CopyStore:
-        raise NotImplementedError
+        """A copy store; each call opens another (a second host sharing the first's
+        state in PostgreSQL, a restarted daemon on SQLite)."""
+        store: CopyStore = PgCopyStore(self.pool, lease_seconds) if self.dsn \
+            else SqliteCopyStore(self.state, lease_seconds)
+        self._opened.append(store)
+        return store
 
     def checkpoints(self) -> CheckpointStores:
-        raise NotImplementedError
+        return PgCheckpoints(self.pool) if self.dsn else FileCheckpoints()
 
     def close(self) -> None:
         for store in reversed(self._opened):

@@ -103,7 +103,9 @@ class CopyStore(Protocol):
     reused by a retry); a lease is not re-entrant, even for its own owner.
     """
 
-    lease_seconds: float
+    @property
+    def lease_seconds(self) -> float:
+        """How long a lease lasts after its last renewal."""
 
     def states(self, source: str, target: str, store: int,
                scan_ids: Sequence[int]) -> dict[int, CopyState]:
@@ -171,9 +173,10 @@ class CheckpointStore(Protocol):
         a key that is empty or holds quotes, backslashes or control characters."""
 
     def forget(self, keys: Iterable[str]) -> None:
-        """Drop records from memory only (the store keeps them, and ``get`` still finds
-        them): for steps a later record supersedes, so memory does not grow with the
-        run. Unknown keys are fine."""
+        """Drop records from memory only, for steps a later record supersedes, so memory
+        does not grow with the run: the store keeps them for the next open, but ``get``
+        may no longer find them before it (ask only for what is not forgotten). Unknown
+        keys are fine."""
 
     def held(self) -> int:
         """How many records are held in memory (the rest are read back on demand)."""

@@ -46,9 +46,13 @@ def dsn_of(cluster: ClusterConfig) -> str:
 
 def open_pool(dsn: str, *, max_size: int = 8, name: str = "scanrelay") -> ConnectionPool[Any]:
     """A pool of autocommit connections: a caller wanting a transaction opens one with
-    ``conn.transaction()``. Waits for the server at most ``timeout`` seconds per get."""
+    ``conn.transaction()``. Waits for the server at most ``timeout`` seconds per get.
+    Each connection is checked as it is handed out (one empty round trip), so after a
+    database restart the pool replaces its dead connections instead of failing a call
+    with each of them in turn."""
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn, min_size=1, max_size=max_size, name=name, open=False, timeout=30,
+        check=ConnectionPool.check_connection,
         kwargs={"autocommit": True, "application_name": name})
     pool.open(wait=True, timeout=30)
     return pool

@@ -41,14 +41,18 @@ def insert_claimed(conn: psycopg.Connection[Any], *, claim_id: str, name: str,
 class PgRequestStore:
     """``RequestStore`` over the cluster's ``requests`` table. ``host_id`` is this
     host: it is recorded as the claimer of what ``claimed`` inserts and as the host of
-    what it ``started``. Thread-safe (each call takes a connection of ``pool``)."""
+    what it ``started``. Thread-safe (each call takes a connection of ``pool``).
+    ``owns_pool``: ``close`` closes the pool too (a reader's own small pool)."""
 
-    def __init__(self, pool: ConnectionPool[Any], host_id: str) -> None:
+    def __init__(self, pool: ConnectionPool[Any], host_id: str, *,
+                 owns_pool: bool = False) -> None:
         self._pool = pool
         self.host_id = host_id
+        self._owns_pool = owns_pool
 
     def close(self) -> None:
-        """Nothing of its own to release: the pool belongs to whoever passed it."""
+        if self._owns_pool:
+            self._pool.close()
 
     def claimed(self, claim_id: str, name: str, profile: str | None) -> None:
         """A claim with no request body (a file refused as it came, or recorded before

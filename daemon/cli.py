@@ -20,11 +20,12 @@ from daemon.errors import FatalError, RequestError, ScanrelayError
 from daemon.instances.registry import Instances
 from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
 from daemon.layout import Layout
-from daemon.ledger import LEDGER_FILE, Ledger, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.readers import read_request_file
 from daemon.request import build_select, parse_request
 from daemon.runner import Runner
+from daemon.store.sqlite_requests import read_ledger
+from daemon.store.stores import open_stores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scanrelay: copy, download and compare shelf scans from request files.")
@@ -81,12 +82,12 @@ def once(file: Path, config: ConfigOpt = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ledger, instances = Ledger(layout.state / LEDGER_FILE), Instances(cfg)
+    stores, instances = open_stores(cfg, layout), Instances(cfg)
     with ProgressBars(console) as bars:
-        status = Runner(cfg, layout, ledger, instances, stop, bars.update).process(claimed)
+        status = Runner(cfg, layout, stores, instances, stop, bars.update).process(claimed)
     instances.close()
-    record = ledger.get(claimed.claim_id)
-    ledger.close()
+    record = stores.requests.get(claimed.claim_id)
+    stores.close()
     console.print(f"{claimed.name}: [bold]{status.value}[/bold]"
                   + (f" → {record.final_path}" if record and record.final_path else ""))
     raise typer.Exit(EXIT[status])

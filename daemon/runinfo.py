@@ -22,9 +22,10 @@ from daemon.config import Config
 from daemon.errors import RequestError
 from daemon.fsutil import is_ignored_name
 from daemon.layout import Layout
-from daemon.ledger import RequestRecord, read_ledger
 from daemon.runstate import RunState
 from daemon.settle import ERROR, RESULT, RETRY
+from daemon.store.records import RequestRecord
+from daemon.store.sqlite_requests import read_ledger
 
 if TYPE_CHECKING:
     from daemon.cluster.history import HistoryReader

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,6 @@ from typing import Any
 from loguru import logger
 
 from daemon import logs, metrics, outage
-from daemon.checkpoint import Checkpoint
 from daemon.config import Config
 from daemon.deliver import OutsideRoots, deliver
 from daemon.errors import FatalError, Interrupted, RequestError, TransientError
@@ -25,12 +25,13 @@ from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed, profile_of
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
 from daemon.request import Request, parse_request
 from daemon.runstate import RunState, now_iso
 from daemon.settle import Sidecars, settle
+from daemon.store.abc import CheckpointStore, RequestStore
+from daemon.store.stores import Stores
 from handlers.base import HandlerResult, RunContext
 from handlers.registry import handler_for
 
@@ -41,11 +42,12 @@ MAX_ERRORS_IN_RUN_JSON = 200
 class Runner:
     """Processes claimed requests; safe to call from several worker threads."""
 
-    def __init__(self, config: Config, layout: Layout, ledger: Ledger, instances: Instances,
+    def __init__(self, config: Config, layout: Layout, stores: Stores, instances: Instances,
                  stop: threading.Event, on_progress: ProgressHook | None = None) -> None:
         self.config = config
         self.layout = layout
-        self.ledger = ledger
+        self.stores = stores
+        self.ledger = stores.requests
         self.instances = instances
         self.stop = stop
         self.on_progress = on_progress
@@ -95,7 +97,7 @@ class Runner:
         state.start()
         log.info("run started: {} {} (attempt {})", request.action, claimed.name,
                  state.data["attempts"])
-        checkpoint = Checkpoint(run_dir)
+        checkpoint = self.stores.checkpoints.open(run_dir.name, run_dir)
         try:
             with logger.contextualize(run=run_dir.name), \
                     outage.watch([request.source, request.target], _waiting(state, log)):
@@ -145,7 +147,7 @@ class Runner:
         return str(final)
 
     def _context(self, request: Request, run_dir: Path, state: RunState,
-                 checkpoint: Checkpoint, log: Any) -> RunContext:
+                 checkpoint: CheckpointStore, log: Any) -> RunContext:
         def progress(done: int, total: int, **counts: Any) -> None:
             state.progress(done, total, **counts)
             if self.on_progress:
@@ -153,8 +155,9 @@ class Runner:
 
         return RunContext(run_id=run_dir.name, run_dir=run_dir, request=request,
                           config=self.config, instance=self.instances.get,
-                          checkpoint=checkpoint, log=log, stop=self.stop, progress=progress,
-                          update=state.update)
+                          checkpoint=checkpoint, copies=self.stores.copies, log=log,
+                          stop=self.stop, progress=progress, update=state.update,
+                          owner=f"local:{run_dir.name}:{uuid.uuid4().hex[:8]}")
 
     def _create_run_dir(self, claimed: Claimed, request: Request, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,7 @@ class Runner:
         return RunStatus.INVALID
 
 
-def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: str) -> Path:
+def refuse(path: Path, layout: Layout, ledger: RequestStore, reason: str, claim_id: str) -> Path:
     """Put a file that cannot be a request straight into ``failed/`` with the reason."""
     profile = profile_of(path, layout.inbox) if path.parent != layout.inbox else None
     ledger.claimed(claim_id, path.name, profile)
@@ -223,7 +226,7 @@ def refuse(path: Path, layout: Layout, ledger: Ledger, reason: str, claim_id: st
 
 
 def settle_invalid(src: Path, name: str, profile: str | None, claim_id: str,
-                   problems: list[str], layout: Layout, ledger: Ledger) -> Path:
+                   problems: list[str], layout: Layout, ledger: RequestStore) -> Path:
     """An invalid request, or a file that cannot be one, into ``failed/`` with its
     problems (redacted); nothing ran, so there is no run folder."""
     problems = [redact(p) for p in problems]

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
-from daemon.copyledger import FILE_NAME as COPY_LEDGER_FILE
 from daemon.errors import ScanrelayError
 from daemon.health import instance_health
 from daemon.intake.claim import pending_claims, profile_of
 from daemon.intake.inbox import is_request_name, last_change, list_inbox
 from daemon.layout import Layout
-from daemon.ledger import read_ledger
 from daemon.runstate import RunState
 from daemon.schedule.report import next_schedules
+from daemon.store.sqlite_copies import FILE_NAME as COPY_LEDGER_FILE
+from daemon.store.sqlite_requests import read_ledger
 
 if TYPE_CHECKING:
     from daemon.cluster.history import HistoryReader

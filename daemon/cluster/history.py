@@ -14,19 +14,20 @@ from typing import TYPE_CHECKING, Any, LiteralString, Protocol
 
 from psycopg.rows import dict_row
 
-from daemon.ledger import RequestRecord, RunFilter
+from daemon.store.records import RequestRecord, RunFilter
 
 if TYPE_CHECKING:
     from daemon.cluster.views import ClusterView
 
 COLUMNS: LiteralString = ("claim_id, name, profile, claimed_at, run_id, action, label,"
-                          " status, finished_at, final_path, message, counts, attempts")
+                          " status, finished_at, final_path, message, counts, attempts,"
+                          " claimed_by, host_id")
 NEWEST_FIRST: LiteralString = " ORDER BY claimed_at DESC, claim_id DESC"
 FAILED: LiteralString = " WHERE status IN ('failed', 'partial', 'invalid')"
 
 
 class HistoryReader(Protocol):
-    """The read calls of ``daemon.ledger.Ledger``."""
+    """The read calls of a ``RequestStore``."""
 
     def get(self, key: str) -> RequestRecord | None: ...
     def by_name(self, name: str) -> list[RequestRecord]: ...

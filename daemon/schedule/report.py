@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.layout import Layout
-from daemon.ledger import Ledger, read_ledger
 from daemon.schedule.cron import cron_trigger
 from daemon.schedule.lineage import outcome
 from daemon.schedule.scheduler import job_specs
 from daemon.schedule.state import FILE, FIRE, MISSED, RAN, RESERVED, WINDOW, Drop, SchedulerState
 from daemon.schedule.store import fingerprint
+from daemon.store.abc import RequestStore
+from daemon.store.sqlite_requests import read_ledger
 
 if TYPE_CHECKING:
     from daemon.cluster.views import ClusterView
@@ -85,7 +86,7 @@ def next_schedules(config: Config, view: ClusterView | None = None) -> list[dict
     return [{"job": r.job, "next_fire": r.next_fire, "overdue": r.overdue} for r in rows]
 
 
-def _outcome(last: Drop, layout: Layout, ledger: Ledger | None,
+def _outcome(last: Drop, layout: Layout, ledger: RequestStore | None,
              state: SchedulerState) -> str:
     if last.state == MISSED:
         late = (last.detail or {}).get("late_seconds")

@@ -1,5 +1,5 @@
 """Routes of the web page. Each one calls the read layer (``daemon.status``,
-``daemon.ledger``, ``daemon.runinfo``, ``daemon.schedule.report``) and hands what it
+``daemon.store``, ``daemon.runinfo``, ``daemon.schedule.report``) and hands what it
 got to a template; the only write is the opt-in retry, which is ``scanrelay retry``.
 In cluster mode the same calls read the cluster's PostgreSQL through one
 ``ClusterView`` kept for the page's lifetime: the overview gains a Cluster panel, and
@@ -29,11 +29,13 @@ from daemon.cluster.views import ClusterUnavailable, open_view
 from daemon.config import Config
 from daemon.errors import RequestError
 from daemon.layout import Layout
-from daemon.ledger import Ledger, RunFilter, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
 from daemon.runinfo import RunView, failed_requests, load_run, retry_request, run_file
 from daemon.schedule.report import schedule_rows
+from daemon.store.abc import RequestStore
+from daemon.store.records import RunFilter
+from daemon.store.sqlite_requests import read_ledger
 from daemon.web import fmt
 from daemon.web.analysis import analysis_view, colour_css, known_comment
 from daemon.web.guard import COOKIE, Guard, Keys
@@ -51,7 +53,7 @@ class Pages:
         self.keys = keys
         self.actions = config.web.actions and keys.token is not None
         self._lock = threading.Lock()
-        self._history: Ledger | None = None
+        self._history: RequestStore | None = None
         self.cluster = open_view(config)  # None on one host; connects at its first read
         self.env = Environment(loader=PackageLoader("daemon.web", "templates"),
                                autoescape=select_autoescape(default=True))
@@ -163,7 +165,7 @@ class Pages:
 
     # --- helpers ----------------------------------------------------------------
 
-    def _ledger(self) -> HistoryReader | None:
+    def _ledger(self) -> HistoryReader | RequestStore | None:
         """One read-only connection for the page's lifetime (opening one per request
         costs more than the query); None until the daemon has created the ledger.
         In cluster mode: the cluster's history."""

@@ -25,6 +25,7 @@ from daemon.layout import Layout
 from daemon.outcomes import RunStatus
 from daemon.runsettle import Outcome
 from daemon.store import pg
+from daemon.store.stores import open_stores
 from handlers.base import HandlerResult, ItemResult, ItemStatus
 from tests import pg as testpg
 
@@ -155,7 +156,9 @@ def test_merged_results_fail_an_abandoned_batchs_scans_with_its_reason() -> None
 def runtime(dsn: str, tmp_path: Path, pool: Any) -> Runtime:
     config = parse_config("cluster: {dsn_env: X, host_id: host-1, claim_orphan_seconds: 1}",
                           base_dir=tmp_path)
-    return Runtime(config, Layout(tmp_path).ensure(), pool, instances=None)  # type: ignore[arg-type]
+    layout = Layout(tmp_path).ensure()
+    return Runtime(config, layout, pool, instances=None,  # type: ignore[arg-type]
+                   stores=open_stores(config, layout, pool))
 
 
 def race(workers: int, fn: Callable[[], int]) -> list[int]:

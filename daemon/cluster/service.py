@@ -46,6 +46,7 @@ from daemon.layout import Layout
 from daemon.notify import Notifier
 from daemon.status import heartbeat_path
 from daemon.store import pg
+from daemon.store.stores import open_stores
 
 TICK = 0.2  # seconds between rounds of the main loop
 STOP_DEADLINE = 8.0  # seconds running jobs get to checkpoint on shutdown (SPEC: < 10)
@@ -66,7 +67,8 @@ class ClusterService:
         parallel = config.runs.max_parallel
         self.pool = pg.open_pool(self.dsn, max_size=2 * parallel + 4, wait=False,
                                  name=f"scanrelay-{self.cluster.host_id}")
-        self.rt = Runtime(config, self.layout, self.pool, self.instances)
+        self.stores = open_stores(config, self.layout, self.pool)
+        self.rt = Runtime(config, self.layout, self.pool, self.instances, self.stores)
         app = worker_app(self.dsn, name=f"scanrelay-worker-{self.cluster.host_id}")
         jobs.register(app, self.rt)
         self.worker = WorkerThread(app, self.cluster, parallel)
@@ -240,6 +242,7 @@ class ClusterService:
                 hosts.beat(conn, self.cluster.host_id, stopping=True)
         except DB_ERRORS:
             pass  # the row ages out of the views by its heartbeat
+        self.stores.close()
         self.pool.close(timeout=1)
         self.instances.close()
         heartbeat_path(self.layout).unlink(missing_ok=True)

@@ -29,7 +29,6 @@ from loguru import logger
 
 from daemon.config import Config, ScheduleConfig
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.schedule.cron import cron_trigger
 from daemon.schedule.executor import FIRE_TIME, InlineExecutor
 from daemon.schedule.fires import job_id, request_name, scheduled_request
@@ -39,6 +38,7 @@ from daemon.schedule.reruns import JOB as RERUNS_JOB
 from daemon.schedule.reruns import RerunWindow
 from daemon.schedule.state import FILE, FIRE, MISSED, WINDOW, SavedJob, SchedulerState, iso
 from daemon.schedule.store import StateJobStore, fingerprint
+from daemon.store.abc import RequestStore
 
 FOLLOW_UP_JOB = "follow-ups"
 FOLLOW_UP_SECONDS = 5.0
@@ -68,7 +68,7 @@ def job_specs(config: Config) -> list[tuple[str, str, str, int]]:
 class Scheduler:
     """Start with ``start()`` (after the watcher, before READY), stop with ``stop()``."""
 
-    def __init__(self, config: Config, layout: Layout, ledger: Ledger,
+    def __init__(self, config: Config, layout: Layout, ledger: RequestStore,
                  stop: threading.Event) -> None:
         self.config = config
         self.layout = layout

@@ -28,10 +28,11 @@ FILE_NAME = "checkpoint.jsonl"
 
 
 class Checkpoint:
-    """Thread-safe journal of finished steps, keyed by a string."""
+    """Thread-safe journal of finished steps, keyed by a string (``CheckpointStore``).
+    ``batch`` > 0: the journal of one batch of the run, beside the run's own."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / FILE_NAME
+    def __init__(self, run_dir: Path, batch: int = 0) -> None:
+        self.path = run_dir / (FILE_NAME if not batch else f"checkpoint.{batch}.jsonl")
         self._lock = threading.Lock()  # the file position, the records and the index
         self._sync_lock = threading.Lock()  # one fsync at a time; taken before _lock
         self._written = self._synced = 0  # lines written by this process / known on disk
@@ -71,9 +72,7 @@ class Checkpoint:
 
     def record(self, key: str, **data: Any) -> None:
         """Durably record that step ``key`` is finished, with ``data``."""
-        if not _findable(key):
-            raise ValueError(f"checkpoint key {key!r}: no quotes, backslashes or control "
-                             "characters")
+        check_key(key)
         record = {"key": key, **data}
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
         with self._lock:
@@ -104,6 +103,17 @@ class Checkpoint:
             self._index.close()
 
 
-def _findable(key: str) -> bool:
-    """JSON writes such a key as it is, so the index can read it without parsing."""
-    return bool(key) and not any(c in '"\\' or c < " " for c in key)
+class FileCheckpoints:
+    """``CheckpointStores`` of one host: a journal in each run folder."""
+
+    def open(self, run_id: str, run_dir: Path, batch: int = 0) -> Checkpoint:
+        return Checkpoint(run_dir, batch)
+
+
+def check_key(key: str) -> None:
+    """Raise ``ValueError`` unless JSON writes ``key`` as it is (no quotes, backslashes
+    or control characters), so the index can read it without parsing. Every checkpoint
+    store holds keys to this, so a run's keys work in all of them."""
+    if not key or any(c in '"\\' or c < " " for c in key):
+        raise ValueError(f"checkpoint key {key!r}: no quotes, backslashes or control "
+                         "characters")

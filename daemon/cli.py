@@ -20,11 +20,12 @@ from daemon.errors import FatalError, RequestError, ScanrelayError
 from daemon.instances.registry import Instances
 from daemon.intake.claim import NO_PROFILE, Claimed, new_claim_id, profile_of
 from daemon.layout import Layout
-from daemon.ledger import LEDGER_FILE, Ledger, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.readers import read_request_file
 from daemon.request import build_select, parse_request
 from daemon.runner import Runner
+from daemon.store.sqlite_requests import read_ledger
+from daemon.store.stores import open_stores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scanrelay: copy, download and compare shelf scans from request files.")
@@ -86,12 +87,12 @@ def once(file: Path, config: ConfigOpt = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ledger, instances = Ledger(layout.state / LEDGER_FILE), Instances(cfg)
+    stores, instances = open_stores(cfg, layout), Instances(cfg)
     with ProgressBars(console) as bars:
-        status = Runner(cfg, layout, ledger, instances, stop, bars.update).process(claimed)
+        status = Runner(cfg, layout, stores, instances, stop, bars.update).process(claimed)
     instances.close()
-    record = ledger.get(claimed.claim_id)
-    ledger.close()
+    record = stores.requests.get(claimed.claim_id)
+    stores.close()
     console.print(f"{claimed.name}: [bold]{status.value}[/bold]"
                   + (f" → {record.final_path}" if record and record.final_path else ""))
     raise typer.Exit(EXIT[status])
@@ -296,6 +297,9 @@ def retry(run_id: str, config: ConfigOpt = None) -> None:
     except RequestError as exc:
         err.print("; ".join(exc.problems), markup=False)
         raise typer.Exit(2) from None
+    except ScanrelayError as exc:  # cluster mode: its database cannot be read
+        err.print(f"scanrelay: {exc}", markup=False)
+        raise typer.Exit(1) from None
     print(path)
 
 
@@ -316,6 +320,11 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
     age = f", oldest {inbox['oldest_age_seconds']} s" if inbox["oldest_age_seconds"] else ""
     others = f", {inbox['not_requests']} not requests" if inbox.get("not_requests") else ""
     console.print(f"inbox: {inbox['waiting']} waiting{age}{others}")
+    if "cluster" in data:
+        from daemon.cluster.overview import status_lines
+
+        for line in status_lines(data["cluster"]):
+            console.print(line, markup=False)
     for instance in daemon.get("instances", []):
         if not instance["available"]:
             console.print(f"  down: {instance['reason']}", markup=False)
@@ -324,7 +333,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
         done = f" {progress.get('done')}/{progress.get('total')}" if progress else ""
         why = f" ({run['waiting']})" if run.get("waiting") else ""
         console.print(f"  {run['status']:<8} {run['run_id'] or '-'} {run['request']}{done}"
-                      f"{why}", markup=False)
+                      f"{why}{_where(run)}", markup=False)
     for result in data["last_results"]:
         console.print(f"  last: {result['status']:<8} {result['run_id'] or '-'} "
                       f"{result['request']}", markup=False)
@@ -336,13 +345,25 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False,
                       "of a create; exactly once rests on the upload IDs there", markup=False)
 
 
+def _where(run: dict[str, Any]) -> str:
+    """Cluster mode: which host runs an in-flight request (nothing on one host)."""
+    if "host" not in run:
+        return ""
+    from daemon.cluster.overview import in_flight_suffix
+
+    return in_flight_suffix(run)
+
+
 @app.command()
 def schedules(as_json: Annotated[bool, typer.Option("--json")] = False,
               config: ConfigOpt = None) -> None:
     """Configured schedules and the rerun window: next fire, last fire and its outcome."""
+    from daemon.cluster.views import viewing
     from daemon.schedule.report import schedule_rows
 
-    rows = schedule_rows(_config(config))
+    cfg = _config(config)
+    with viewing(cfg) as view:
+        rows = schedule_rows(cfg, view=view)
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -359,9 +380,16 @@ def runs(failed: Annotated[bool, typer.Option("--failed")] = False,
          as_json: Annotated[bool, typer.Option("--json")] = False,
          limit: int = 50, config: ConfigOpt = None) -> None:
     """Run history, newest first."""
+    from daemon.cluster.views import viewing
+
     cfg = _config(config)
-    ledger = read_ledger(Layout.of(cfg).state)
-    records = ledger.recent(limit, failed_only=failed) if ledger else []
+    with viewing(cfg) as view:
+        ledger = read_ledger(Layout.of(cfg).state) if view is None else view.history()
+        try:
+            records = ledger.recent(limit, failed_only=failed) if ledger else []
+        except ScanrelayError as exc:  # cluster mode: its database cannot be read
+            err.print(f"scanrelay: {exc}", markup=False)
+            raise typer.Exit(1) from None
     if as_json:
         print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
         return
@@ -378,13 +406,21 @@ def runs(failed: Annotated[bool, typer.Option("--failed")] = False,
 def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
          config: ConfigOpt = None) -> None:
     """One run's summary: status, counts, errors, where its files are."""
+    from daemon.cluster.views import viewing
     from daemon.runinfo import load_run
 
-    view = load_run(Layout.of(_config(config)), run_id)
+    cfg = _config(config)
+    with viewing(cfg) as cluster:
+        try:
+            view = load_run(Layout.of(cfg), run_id, cluster.history() if cluster else None)
+            extras = cluster.run_extras(run_id) if cluster and view else None
+        except ScanrelayError as exc:  # cluster mode: its database cannot be read
+            err.print(f"scanrelay: {exc}", markup=False)
+            raise typer.Exit(1) from None
     if view is None:
         err.print(f"no run {run_id}")
         raise typer.Exit(1)
-    data = view.data
+    data = view.data if extras is None else {**view.data, "cluster": extras}
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return
@@ -407,6 +443,11 @@ def show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False,
         console.print(f"       error: {error}", markup=False)
     if view.files:
         console.print(f"{'files':>12}: {', '.join(view.files)}", markup=False)
+    if extras is not None:
+        from daemon.cluster.overview import run_lines
+
+        for line in run_lines(extras):
+            console.print(line, markup=False)
 
 
 @app.command()

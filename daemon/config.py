@@ -236,7 +236,10 @@ class ClusterConfig(Model):
     dsn_file: Path | None = None  # or a file holding it (e.g. a systemd credential)
     host_id: str = Field(pattern=NAME_PATTERN)  # unique per host, stable across restarts
     batch_size: int = Field(default=200, ge=1, le=100_000)  # scans per batch job
-    lease_seconds: float = Field(default=30, ge=2, le=3600)  # copy key and slot leases
+    lease_seconds: float = Field(default=30, ge=2, le=3600)  # copy key leases
+    # connection slot leases (daemon/cluster/slots.py): renewed every third, no new
+    # call past half of one without PostgreSQL; a dead host's slots return after one
+    slot_lease_seconds: float = Field(default=10, ge=1, le=300)
     claim_orphan_seconds: float = Field(default=60, ge=1)  # a claimed file with no row
     # A batch (or a plan or settle stage) whose executions all ended without an answer
     # (its host died each time) is abandoned after this many: its scans count as failed.

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import requests
 import tenacity
@@ -202,34 +202,57 @@ def interruptible_sleep(seconds: float) -> None:
         raise Interrupted("shutting down during a retry wait")
 
 
-_held = threading.local()  # .slots: the connection slots this thread holds, in order
+class Slot(Protocol):
+    """A connection slot: a ``threading.Semaphore`` on one host, the cluster's leased
+    slots in cluster mode (``daemon.cluster.slots``). ``acquire`` blocks until a slot
+    is free; it may raise (``Interrupted``), and then holds nothing."""
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class _Taken:
+    """One slot a thread took with ``holding``, and whether it holds it right now."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
+        self.held = True
+
+
+_held = threading.local()  # .slots: the _Taken of this thread, in order
 
 
 @contextlib.contextmanager
-def holding(slot: threading.Semaphore) -> Iterator[None]:
+def holding(slot: Slot) -> Iterator[None]:
     """Hold ``slot`` (a connection slot) for the block; every retry wait inside the
     block gives it back while it waits, so a sleeping retry never starves other work."""
     slot.acquire()
-    held: list[threading.Semaphore] = _held.__dict__.setdefault("slots", [])
-    held.append(slot)
+    taken = _Taken(slot)
+    held: list[_Taken] = _held.__dict__.setdefault("slots", [])
+    held.append(taken)
     try:
         yield
     finally:
         held.pop()
-        slot.release()
+        if taken.held:
+            slot.release()
 
 
 @contextlib.contextmanager
 def slots_released() -> Iterator[None]:
-    """Give back this thread's slots for the block; take them again after it."""
-    held: list[threading.Semaphore] = list(getattr(_held, "slots", []))
-    for slot in reversed(held):
-        slot.release()
+    """Give back this thread's slots for the block; take them again after it. A slot
+    that cannot be taken again (its ``acquire`` raised) is not given back twice."""
+    held: list[_Taken] = [t for t in getattr(_held, "slots", []) if t.held]
+    for taken in reversed(held):
+        taken.slot.release()
+        taken.held = False
     try:
         yield
     finally:
-        for slot in held:
-            slot.acquire()
+        for taken in held:
+            taken.slot.acquire()
+            taken.held = True
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -4,6 +4,9 @@ A run is known by its folder's ``run.json`` (the live truth while it runs) and b
 ledger row (which also knows runs that never got a folder: invalid requests). Files are
 named here, never taken from a caller: a run's downloadable files are a fixed set of
 names inside ``runs/<run_id>/`` plus its request's sidecars in ``done/`` or ``failed/``.
+
+In cluster mode the readers pass ``history``, the cluster's request history (the
+``requests`` table); without it, the ledger under ``state/`` is read.
 """
 
 from __future__ import annotations
@@ -13,15 +16,19 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
 from daemon.errors import RequestError
 from daemon.fsutil import is_ignored_name
 from daemon.layout import Layout
-from daemon.ledger import RequestRecord, read_ledger
 from daemon.runstate import RunState
 from daemon.settle import ERROR, RESULT, RETRY
+from daemon.store.records import RequestRecord
+from daemon.store.sqlite_requests import read_ledger
+
+if TYPE_CHECKING:
+    from daemon.cluster.history import HistoryReader
 
 # A run ID (YYYYMMDD-HHMMSS-<action>-<6 hex>) or a claim ID (the same without action).
 RUN_KEY = re.compile(r"^\d{8}-\d{6}(-[a-z]{1,16})?-[0-9a-f]{6}$")
@@ -58,12 +65,14 @@ def valid_key(key: str) -> bool:
     return bool(RUN_KEY.match(key))
 
 
-def load_run(layout: Layout, key: str) -> RunView | None:
-    """The run (or request) ``key``; None if neither a folder nor the ledger knows it."""
+def load_run(layout: Layout, key: str,
+             history: HistoryReader | None = None) -> RunView | None:
+    """The run (or request) ``key``; None if neither a folder nor the ledger (or
+    ``history``, in cluster mode) knows it."""
     if not valid_key(key):
         return None
     data = RunState.load(layout.runs / key)
-    record = _ledger_record(layout, key)
+    record = _ledger_record(layout, key) if history is None else history.get(key)
     if data is None and record is None:
         return None
     if data is None:
@@ -88,7 +97,8 @@ def _ledger_record(layout: Layout, key: str) -> RequestRecord | None:
         ledger.close()
 
 
-def run_file(layout: Layout, key: str, name: str) -> Path | None:
+def run_file(layout: Layout, key: str, name: str,
+             history: HistoryReader | None = None) -> Path | None:
     """The file ``name`` of run ``key`` if it is one a reader may fetch, else None.
     Only known names are accepted, and only regular files (no symlink is followed)."""
     if not valid_key(key):
@@ -96,18 +106,29 @@ def run_file(layout: Layout, key: str, name: str) -> Path | None:
     if name in RUN_FILES or ORIGINAL.match(name):
         return _regular(layout.runs / key / name)
     if name in SIDECARS:
-        settled = _settled_path(layout, _ledger_record(layout, key))
+        record = _ledger_record(layout, key) if history is None else history.get(key)
+        settled = _settled_path(layout, record)
         return _regular(Path(f"{settled}{SIDECARS[name]}")) if settled else None
     return None
 
 
-def retry_request(config: Config, key: str) -> Path:
+def retry_request(config: Config, key: str, history: HistoryReader | None = None) -> Path:
     """``scanrelay retry``: drop a new request covering only what failed in run ``key``;
     returns its inbox path. Raises ``LookupError`` if the run has nothing to retry and
-    ``RequestError`` if its retry request is no longer valid."""
+    ``RequestError`` if its retry request is no longer valid. In cluster mode the run
+    is looked up in ``history`` (opened here if not given): any host may retry any run,
+    and the retry request lands in the shared inbox."""
     from daemon.submit import drop_request  # late: submit imports request → config
 
-    view = load_run(Layout.of(config), key)
+    if config.cluster is not None and history is None:
+        from daemon.cluster.views import ClusterView
+
+        opened = ClusterView(config.cluster)
+        try:
+            return retry_request(config, key, opened.history())
+        finally:
+            opened.close()
+    view = load_run(Layout.of(config), key, history)
     if view is None or view.retry is None:
         raise LookupError(f"{key}: no failed scans to retry (no retry.json for this run)")
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from typing import Any
 from loguru import logger
 
 from daemon import logs, outage
-from daemon.checkpoint import Checkpoint
 from daemon.config import Config
 from daemon.deliver import OutsideRoots, deliver
 from daemon.errors import FatalError, Interrupted, RequestError, TransientError
@@ -28,12 +28,13 @@ from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.intake.claim import Claimed
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
 from daemon.request import Request, parse_request
 from daemon.runsettle import Outcome, record, refuse, settle_invalid, settle_run
 from daemon.runstate import RunState
+from daemon.store.abc import CheckpointStore, CopyStore
+from daemon.store.stores import Stores
 from handlers.base import HandlerResult, RunContext
 from handlers.registry import handler_for
 
@@ -46,11 +47,12 @@ ProgressHook = Callable[[str, int, int, dict[str, Any]], None]
 class Runner:
     """Processes claimed requests; safe to call from several worker threads."""
 
-    def __init__(self, config: Config, layout: Layout, ledger: Ledger, instances: Instances,
+    def __init__(self, config: Config, layout: Layout, stores: Stores, instances: Instances,
                  stop: threading.Event, on_progress: ProgressHook | None = None) -> None:
         self.config = config
         self.layout = layout
-        self.ledger = ledger
+        self.stores = stores
+        self.ledger = stores.requests
         self.instances = instances
         self.stop = stop
         self.on_progress = on_progress
@@ -82,8 +84,8 @@ class Runner:
             state.start()
             log.info("run started: {} {} (attempt {})", request.action, claimed.name,
                      state.data["attempts"])
-            outcome = execute(self.config, self.instances, request, run_id, run_dir, state,
-                              self.stop, log, on_progress=self.on_progress)
+            outcome = execute(self.config, self.instances, self.stores, request, run_id,
+                              run_dir, state, self.stop, log, on_progress=self.on_progress)
             if outcome.status is RunStatus.INTERRUPTED:
                 return RunStatus.INTERRUPTED
             record(state, outcome)
@@ -131,18 +133,21 @@ def run_base(claimed: Claimed, request: Request, run_id: str) -> dict[str, Any]:
             "action": request.action, "label": request.label}
 
 
-def execute(config: Config, instances: Instances, request: Request, run_id: str,
-            run_dir: Path, state: RunState, stop: threading.Event, log: Any, *,
-            on_progress: ProgressHook | None = None, deliver: bool = True) -> Outcome:
-    """Run the request's handler in ``run_dir`` (its checkpoint, its artefacts) and say
-    how it ended; never raises: an exception becomes an outcome (``INTERRUPTED`` when
-    ``stop`` was set). ``deliver``: also place the results in ``deliver_to``."""
-    checkpoint = Checkpoint(run_dir)
+def execute(config: Config, instances: Instances, stores: Stores, request: Request,
+            run_id: str, run_dir: Path, state: RunState, stop: threading.Event, log: Any, *,
+            batch: int = 0, owner: str | None = None, on_progress: ProgressHook | None = None,
+            deliver: bool = True) -> Outcome:
+    """Run the request's handler in ``run_dir`` (its artefacts; its checkpoint is run
+    ``run_id``'s, or its batch ``batch``'s) and say how it ended; never raises: an
+    exception becomes an outcome (``INTERRUPTED`` when ``stop`` was set). ``owner``:
+    this execution, as the owner of its copy key leases (default: a new local one).
+    ``deliver``: also place the results in ``deliver_to``."""
+    checkpoint = stores.checkpoints.open(run_id, run_dir, batch)
     try:
         with logger.contextualize(run=run_id), \
                 outage.watch([request.source, request.target], _waiting(state, log)):
-            context = run_context(config, instances, request, run_id, run_dir, state,
-                               checkpoint, stop, log, on_progress)
+            context = run_context(config, instances, stores.copies, request, run_id,
+                                  run_dir, state, checkpoint, stop, log, owner, on_progress)
             result = handler_for(request.action)(context)
             if deliver and request.deliver_to is not None:
                 result.extra["delivered_to"] = deliver_results(config, request, run_dir, log)
@@ -183,9 +188,10 @@ def deliver_results(config: Config, request: Request, run_dir: Path, log: Any) -
     return str(final)
 
 
-def run_context(config: Config, instances: Instances, request: Request, run_id: str,
-             run_dir: Path, state: RunState, checkpoint: Checkpoint, stop: threading.Event,
-             log: Any, on_progress: ProgressHook | None = None) -> RunContext:
+def run_context(config: Config, instances: Instances, copies: CopyStore, request: Request,
+                run_id: str, run_dir: Path, state: RunState, checkpoint: CheckpointStore,
+                stop: threading.Event, log: Any, owner: str | None = None,
+                on_progress: ProgressHook | None = None) -> RunContext:
     """What a handler gets: ``run.json`` (``state``) takes its progress and updates."""
     def progress(done: int, total: int, **counts: Any) -> None:
         state.progress(done, total, **counts)
@@ -193,8 +199,9 @@ def run_context(config: Config, instances: Instances, request: Request, run_id: 
             on_progress(run_id, done, total, counts)
 
     return RunContext(run_id=run_id, run_dir=run_dir, request=request, config=config,
-                      instance=instances.get, checkpoint=checkpoint, log=log, stop=stop,
-                      progress=progress, update=state.update)
+                      instance=instances.get, checkpoint=checkpoint, copies=copies, log=log,
+                      stop=stop, progress=progress, update=state.update,
+                      owner=owner or f"local:{run_id}:{uuid.uuid4().hex[:8]}")
 
 
 def _waiting(state: RunState, log: Any) -> Callable[[list[outage.Health]], None]:

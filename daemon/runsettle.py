@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from loguru import logger
 
@@ -20,18 +20,10 @@ from daemon.redact import redact
 from daemon.request import Request
 from daemon.runstate import RunState, now_iso
 from daemon.settle import Sidecars, settle
+from daemon.store.abc import RequestStore
 from handlers.base import HandlerResult
 
 MAX_ERRORS_IN_RUN_JSON = 200
-
-
-class RequestLog(Protocol):
-    """What settling writes into the request history (``daemon.ledger.Ledger`` on one
-    host; the cluster's ``requests`` table)."""
-
-    def claimed(self, claim_id: str, name: str, profile: str | None) -> None: ...
-    def finished(self, claim_id: str, status: str, final_path: Path, message: str | None,
-                 counts: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -61,7 +53,7 @@ def record(state: RunState, outcome: Outcome) -> None:
                  result={"failed": failed, "problems": problems, "transient": transient})
 
 
-def settle_run(layout: Layout, ledger: RequestLog, claimed: Claimed, request: Request,
+def settle_run(layout: Layout, ledger: RequestStore, claimed: Claimed, request: Request,
                state: RunState) -> RunStatus:
     """The recorded run (``record``) into ``done/`` or ``failed/`` with its sidecars."""
     data = state.data
@@ -90,7 +82,7 @@ def settle_run(layout: Layout, ledger: RequestLog, claimed: Claimed, request: Re
     return status
 
 
-def refuse(path: Path, layout: Layout, ledger: RequestLog, reason: str, claim_id: str) -> Path:
+def refuse(path: Path, layout: Layout, ledger: RequestStore, reason: str, claim_id: str) -> Path:
     """Put a file of the inbox that cannot be a request straight into ``failed/`` with
     the reason."""
     profile = profile_of(path, layout.inbox) if path.parent != layout.inbox else None
@@ -102,7 +94,7 @@ def refuse(path: Path, layout: Layout, ledger: RequestLog, reason: str, claim_id
 
 
 def settle_invalid(src: Path, name: str, profile: str | None, claim_id: str,
-                   problems: list[str], layout: Layout, ledger: RequestLog) -> Path:
+                   problems: list[str], layout: Layout, ledger: RequestStore) -> Path:
     """An invalid request, or a file that cannot be one, into ``failed/`` with its
     problems (redacted); nothing ran, so there is no run folder."""
     problems = [redact(p) for p in problems]

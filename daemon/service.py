@@ -34,13 +34,13 @@ from daemon.intake.claimer import Claimer, NotYet
 from daemon.intake.inbox import waiting
 from daemon.intake.watcher import InboxWatcher, PathQueue
 from daemon.layout import Layout
-from daemon.ledger import LEDGER_FILE, Ledger
 from daemon.notify import Notifier
 from daemon.outcomes import RunStatus
 from daemon.runner import Runner
 from daemon.runsettle import refuse
 from daemon.schedule.scheduler import Scheduler
 from daemon.status import heartbeat_path
+from daemon.store.stores import open_stores
 
 TICK = 0.05  # seconds the main loop waits for a path before doing its rounds
 PRUNE_INTERVAL = 3600.0  # seconds between retention sweeps (the first one at start)
@@ -51,10 +51,11 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.layout = Layout.of(config).ensure(sorted(config.profiles))
-        self.ledger = Ledger(self.layout.state / LEDGER_FILE)
+        self.stores = open_stores(config, self.layout)
+        self.ledger = self.stores.requests
         self.instances = Instances(config)
         self.stop = threading.Event()
-        self.runner = Runner(config, self.layout, self.ledger, self.instances, self.stop)
+        self.runner = Runner(config, self.layout, self.stores, self.instances, self.stop)
         self.paths: PathQueue = queue.Queue()
         self.watcher = InboxWatcher(self.layout.inbox, self.paths, config.intake)
         self.claimer = Claimer(self.layout)
@@ -231,6 +232,6 @@ class Service:
                            ", ".join(unfinished))
             os._exit(0)
         self.instances.close()
-        self.ledger.close()
+        self.stores.close()
         heartbeat_path(self.layout).unlink(missing_ok=True)
         logger.info("scanrelay stopped")

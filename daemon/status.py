@@ -3,6 +3,10 @@
 The service rewrites ``state/daemon.json`` (pid, start, heartbeat) every second from
 its main loop; the daemon counts as up while that pid lives and the heartbeat is fresh.
 Everything else comes from the folders, the run folders and the ledger.
+
+In cluster mode (``config.cluster``) the in-flight runs, the last results and the
+schedules' fires come from the cluster's PostgreSQL instead (``daemon.cluster.views``),
+and ``cluster`` adds the hosts, the job queue and who runs what.
 """
 
 from __future__ import annotations
@@ -13,17 +17,22 @@ import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.config import Config
-from daemon.copyledger import FILE_NAME as COPY_LEDGER_FILE
+from daemon.errors import ScanrelayError
 from daemon.health import instance_health
 from daemon.intake.claim import pending_claims, profile_of
 from daemon.intake.inbox import is_request_name, last_change, list_inbox
 from daemon.layout import Layout
-from daemon.ledger import read_ledger
 from daemon.runstate import RunState
 from daemon.schedule.report import next_schedules
+from daemon.store.sqlite_copies import FILE_NAME as COPY_LEDGER_FILE
+from daemon.store.sqlite_requests import read_ledger
+
+if TYPE_CHECKING:
+    from daemon.cluster.history import HistoryReader
+    from daemon.cluster.views import ClusterView
 
 HEARTBEAT_FILE = "daemon.json"
 STALE_AFTER = 30.0  # seconds without a heartbeat: the daemon is hung or gone
@@ -34,28 +43,53 @@ def heartbeat_path(layout: Layout) -> Path:
     return layout.state / HEARTBEAT_FILE
 
 
-def collect(config: Config) -> dict[str, Any]:
+def collect(config: Config, view: ClusterView | None = None) -> dict[str, Any]:
+    """Everything ``scanrelay status`` and the overview page show. ``view``: the
+    cluster's read side, kept by a long-lived reader (the web page); in cluster mode
+    without one, one is opened for this call."""
+    if config.cluster is not None and view is None:
+        from daemon.cluster.views import ClusterView
+
+        opened = ClusterView(config.cluster)
+        try:
+            return collect(config, opened)
+        finally:
+            opened.close()
     layout = Layout.of(config)
     now = time.time()
     queue = inbox_queue(layout, now)
-    in_flight = _in_flight(layout)
+    cluster = view.summary() if view is not None else None
+    in_flight = _in_flight(layout) if cluster is None or not cluster["reachable"] \
+        else _cluster_in_flight(layout, cluster)
     waiting: dict[str, list[str]] = {}  # instance → runs waiting for it (an outage)
     for run in in_flight:
         for name in run.get("instances") or [] if run["status"] == "waiting" else []:
             waiting.setdefault(name, []).append(run["run_id"])
     daemon = _daemon(layout, now)
+    if cluster is not None and config.cluster is not None:
+        from daemon.cluster.overview import this_host
+
+        daemon = this_host(daemon, cluster, config.cluster.host_id)
     status: dict[str, Any] = {
         "daemon": daemon,
         "inbox": {"waiting": len(queue),
                   "oldest_age_seconds": max(q["age_seconds"] for q in queue) if queue else None,
                   "queue": queue[:QUEUE_SHOWN], "not_requests": not_requests(layout)},
         "in_flight": in_flight,
-        "last_results": _last_results(layout),
-        "schedules": next_schedules(config),
+        "last_results": _last_results(layout, view),
+        "schedules": next_schedules(config, view),
         "instances": instance_health(config, waiting, daemon.get("instances") or []),
         "markers_dropped": _markers_dropped(layout),
     }
+    if cluster is not None:
+        status["cluster"] = cluster
     return status
+
+
+def _cluster_in_flight(layout: Layout, cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    from daemon.cluster.overview import in_flight
+
+    return in_flight(layout, cluster)
 
 
 def inbox_queue(layout: Layout, now: float) -> list[dict[str, Any]]:
@@ -126,8 +160,10 @@ def _in_flight(layout: Layout) -> list[dict[str, Any]]:
     return out
 
 
-def _last_results(layout: Layout, limit: int = 5) -> list[dict[str, Any]]:
-    ledger = read_ledger(layout.state)
+def _last_results(layout: Layout, view: ClusterView | None = None,
+                  limit: int = 5) -> list[dict[str, Any]]:
+    ledger: HistoryReader | None = read_ledger(layout.state) if view is None \
+        else view.history()
     if ledger is None:
         return []
     try:
@@ -135,5 +171,7 @@ def _last_results(layout: Layout, limit: int = 5) -> list[dict[str, Any]]:
                  "action": r.action, "label": r.label,
                  "finished_at": r.finished_at, "counts": r.counts}
                 for r in ledger.recent(limit) if r.finished_at]
+    except ScanrelayError:  # the cluster's database is away: ``cluster`` says so
+        return []
     finally:
         ledger.close()

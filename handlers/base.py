@@ -8,17 +8,18 @@ set (it checkpoints first); per-item failures go into the result, never up.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from daemon.checkpoint import Checkpoint
 from daemon.config import Config
 from daemon.errors import Interrupted
 from daemon.instances.base import Instance
 from daemon.request import Request
+from daemon.store.abc import CheckpointStore, CopyStore
 
 
 class ItemStatus(StrEnum):
@@ -72,13 +73,17 @@ class RunContext:
     request: Request
     config: Config
     instance: Callable[[str], Instance]
-    checkpoint: Checkpoint
+    checkpoint: CheckpointStore
+    copies: CopyStore  # the copy ledger and its key leases (the daemon's, shared by runs)
     log: Any  # a loguru logger bound to this run
     stop: threading.Event
     progress: Progress
     # Merge fields into run.json now, e.g. update(status="waiting") while a copy waits
     # for the target to process its scans, then update(status="running").
     update: Callable[..., None]
+    # This execution of the run, as the owner of its copy key leases: never reused by a
+    # retry or a resume (cluster mode: "host:job:random").
+    owner: str = field(default_factory=lambda: f"local:{uuid.uuid4().hex}")
 
     def check_stop(self) -> None:
         """Raise ``Interrupted`` if the daemon is stopping (call between items)."""

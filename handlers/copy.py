@@ -6,7 +6,7 @@ target instance, exactly once, with ``scan_mapping.csv`` and an optional analysi
   create;
 - ``copy_pipeline``: the worker pool and the window of batches;
 - ``copy_analysis``: with ``analyze``, waiting for processing and the analysis;
-- ``daemon.copyledger``: what earlier runs copied (``state/copies.sqlite``).
+- ``ctx.copies`` (``daemon.store``): what earlier runs copied, and the key leases.
 
 The last pass (``retry.passes``): scans that still failed transiently, after their
 batch's retries, are held back from the report and copied again at the end of the run,
@@ -22,14 +22,11 @@ the target (nor to the ledger).
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import time
 from collections.abc import Sequence
 
-from daemon.copyledger import CopyLedger
-from daemon.errors import FatalError, PermanentError, TransientError
+from daemon.errors import PermanentError, TransientError
 from daemon.instances.base import Instance
-from daemon.layout import Layout
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
 from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline
@@ -45,7 +42,8 @@ MAX_WORKERS = 64
 
 def run(ctx: RunContext) -> HandlerResult:
     """Copy the request's scans (see the module docstring). Raises ``RequestError`` for
-    an empty selection, ``FatalError`` when an instance or the copy ledger is unusable,
+    an empty selection, ``FatalError`` when an instance or the copy ledger is unusable
+    (``StoreError``, a ``FatalError``),
     ``Interrupted`` when the daemon stops (everything done so far is checkpointed)."""
     request = ctx.request
     assert request.source and request.target and request.target_store_id  # validated
@@ -57,21 +55,15 @@ def run(ctx: RunContext) -> HandlerResult:
         marker_field=_marker_field(ctx, request.target), with_details=target.kind == "folder",
         captured_at=request.captured_at or ctx.config.copy_.captured_at)
     chunks = [list(c) for c in batches(scan_ids, request.batch_size)]
-    ledger = _open_ledger(ctx)
-    try:
-        copier = ScanCopier(ctx, source, target, settings, ledger)
-        if request.dry_run:
-            result = _dry_run(ctx, source, copier, chunks, len(scan_ids))
-            if request.analyze:
-                result.extra["analysis"] = {"status": "skipped", "reason": "dry run"}
-            return result
-        result, pairs = _copy(ctx, source, target, copier, chunks, len(scan_ids))
-        if copier.marker_kept is not None:  # read back after this run's first create
-            result.extra["marker_kept"] = copier.marker_kept
-    except sqlite3.Error as exc:
-        raise FatalError(f"the copy ledger {ledger.path} is unusable: {exc}") from exc
-    finally:
-        ledger.close()
+    copier = ScanCopier(ctx, source, target, settings)
+    if request.dry_run:
+        result = _dry_run(ctx, source, copier, chunks, len(scan_ids))
+        if request.analyze:
+            result.extra["analysis"] = {"status": "skipped", "reason": "dry run"}
+        return result
+    result, pairs = _copy(ctx, source, target, copier, chunks, len(scan_ids))
+    if copier.marker_kept is not None:  # read back after this run's first create
+        result.extra["marker_kept"] = copier.marker_kept
     if request.analyze:
         result.extra["analysis"] = analyze_after_copy(ctx, source, target, pairs)
         ctx.log.info("analysis after the copy: {}", result.extra["analysis"])
@@ -81,13 +73,6 @@ def run(ctx: RunContext) -> HandlerResult:
 def _marker_field(ctx: RunContext, target: str) -> str | None:
     cfg = ctx.config.instances[target]
     return getattr(cfg, "marker_field", DEFAULT_MARKER_FIELD)
-
-
-def _open_ledger(ctx: RunContext) -> CopyLedger:
-    try:
-        return CopyLedger(Layout.of(ctx.config).state)
-    except (OSError, sqlite3.Error) as exc:
-        raise FatalError(f"cannot open the copy ledger in state/: {exc}") from exc
 
 
 def _workers(source: Instance, target: Instance) -> int:

@@ -16,7 +16,11 @@ Once a scan is created its records are dropped from the checkpoint's memory (the
 journal keeps them), so memory does not grow with the number of scans; a resumed run
 reads the records it needs back from the journal (``daemon.checkpoint``).
 
-Exactly once (SPEC §8): before creating, the intent is journalled with the attempt's
+Exactly once (SPEC §8): a scan's look-up → create → record holds the lease of its copy
+key (``ctx.copies``: between the threads of one host, or the hosts of a cluster), and
+each create is fenced right before it is sent: an owner whose lease lapsed (a paused or
+cut-off host) does not create, and its scan fails transiently, to be looked up again by
+its next attempt. Before creating, the intent is journalled with the attempt's
 upload IDs and put into the copy ledger. A create that fails without a clear answer
 (reset, timeout, 5xx) is followed by a look-up in the target before it is tried again,
 and so is a create whose intent a crashed run left behind (its own, or for a plain
@@ -39,10 +43,11 @@ from pathlib import Path
 
 from loguru import logger
 
-from daemon.copyledger import CopyKey, CopyLedger, OpenIntent, key_lock
 from daemon.errors import PermanentError, ScanrelayError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan
 from daemon.retry import RetryPolicy
+from daemon.store.abc import LeaseLost
+from daemon.store.records import CopyKey, OpenIntent
 from handlers.base import ItemStatus, RunContext
 from handlers.copy_plan import (
     CapturedAtMode,
@@ -139,12 +144,12 @@ class ScanCopier:
     """Copies scans of one run; thread-safe (each call works on its own scan)."""
 
     def __init__(self, ctx: RunContext, source: Instance, target: Instance,
-                 settings: CopySettings, ledger: CopyLedger) -> None:
+                 settings: CopySettings) -> None:
         self.ctx = ctx
         self.source = source
         self.target = target
         self.settings = settings
-        self.ledger = ledger
+        self.ledger = ctx.copies
         self.tmp = ctx.run_dir / TMP_DIR
         # Ambiguous creates: each retry first looks the marker up, so resending is safe.
         retry = ctx.config.retry
@@ -290,12 +295,15 @@ class ScanCopier:
                 scan, mode=s.mode, store=s.store, upload_ids=upload_ids,
                 marker_field=s.marker_field, marker=marker, with_details=s.with_details,
                 captured_at=capture_value(scan, s.captured_at, time.time()))
-            with key_lock(s.key(scan.id)):  # look up, create and record as one
+            # look up, create and record as one, against every other owner of the key
+            with self.ledger.lease(s.key(scan.id), self.ctx.owner, self.ctx.stop):
                 made = self._look_up_earlier(scan.id, marker) \
                     or self._create_new(scan.id, payload, OpenIntent(marker, tuple(upload_ids)))
                 self._record_created(scan.id, made, tally)
         except (PermanentError, TransientError) as exc:
             raise StepFailed(Stage.CREATE, exc) from exc
+        except LeaseLost as exc:  # not created: the next attempt looks it up first
+            raise StepFailed(Stage.CREATE, TransientError(str(exc))) from exc
         tally.creates_ok += 1
         if made.how is How.CREATED:
             self._check_marker_kept(made)
@@ -346,8 +354,9 @@ class ScanCopier:
                 if found is not None:
                     return found, How.RECOVERED
             self.ctx.check_stop()
-            asked = True
-            with connection(self.target):
+            with connection(self.target):  # a slot may take a while: fence after it
+                self.ledger.fence(self.settings.key(scan_id), self.ctx.owner)  # or LeaseLost
+                asked = True
                 return self.target.create_scan(payload), How.CREATED
 
         target_id, how = self.create_policy.call(attempt,

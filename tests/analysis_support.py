@@ -17,6 +17,7 @@ from daemon.config import Config, parse_config
 from daemon.instances.registry import Instances
 from daemon.request import Request
 from daemon.sandbox import RefServer
+from daemon.store.sqlite_copies import SqliteCopyStore
 from handlers.base import RunContext
 
 API_USER_ENV, API_PASSWORD_ENV = "REF_API_USER", "REF_API_PASSWORD"
@@ -50,6 +51,7 @@ def run_context(run_dir: Path, config: Config, request: Request,
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(run_id=run_dir.name, run_dir=run_dir, request=request, config=config,
                      instance=instances.get, checkpoint=Checkpoint(run_dir),
+                     copies=SqliteCopyStore(config.root / "state"),
                      log=logger.bind(run=run_dir.name), stop=threading.Event(),
                      progress=lambda done, total, **_: None,
                      update=lambda **_: None)

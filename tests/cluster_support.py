@@ -18,7 +18,9 @@ kill hosts do not wait long for their jobs to move.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +30,8 @@ import yaml
 from helpers import DaemonProcess, config_dict, merge
 
 from daemon.demo import create_demo
+from daemon.layout import Layout
+from daemon.store import pg
 from tests import pg as testpg
 
 DSN_ENV = "SCANRELAY_TEST_CLUSTER_DSN"
@@ -46,7 +50,7 @@ class ClusterRoot:
         ``env``: extra environment per host ID; ``overrides``: config sections."""
         self.tmp = tmp_path
         self.root = tmp_path / "shared"
-        self.root.mkdir()
+        Layout(self.root).ensure(["demo-copy", "demo-download"])
         create_demo(self.root / "data")
         self.dsn = ""
         self.cluster = {**FAST_CLUSTER, **(cluster or {})}
@@ -58,6 +62,8 @@ class ClusterRoot:
     def __enter__(self) -> ClusterRoot:
         testpg.require_admin_dsn()
         self.dsn = testpg.create_database("cluster")
+        with self.connect() as conn:  # as the first host would: tests may write first
+            pg.migrate(conn)
         for host in self.hosts:
             self.config_path(host).write_text(
                 yaml.safe_dump(self.config(host), sort_keys=False), encoding="utf-8")
@@ -108,6 +114,30 @@ class ClusterRoot:
             daemon.stop()
         return {h: d.stop_seconds or 0.0 for h, d in self.daemons.items() if d in chosen}
 
+    @contextlib.contextmanager
+    def supervised(self) -> Iterator[list[str]]:
+        """Restart any host that dies, as systemd's ``Restart=`` would, while the block
+        runs; yields the list of restarts (host IDs, in order)."""
+        restarts: list[str] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                for host, daemon in list(self.daemons.items()):
+                    if not daemon.alive() and not done.is_set():
+                        restarts.append(host)
+                        with contextlib.suppress(AssertionError):  # died again at start
+                            self.start(host)
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        try:
+            yield restarts
+        finally:
+            done.set()
+            thread.join()
+
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True)
 
@@ -115,8 +145,14 @@ class ClusterRoot:
         with self.connect() as conn:
             return conn.execute(sql.encode(), params).fetchall()
 
-    def logs(self) -> str:
-        return "\n".join(f"===== {h}\n{d.log_text()[-6000:]}" for h, d in self.daemons.items())
+    def logs(self, tail: int | None = None) -> str:
+        """Every host's output so far, every process of it (``tail``: the last
+        characters of each file only, for failure messages)."""
+        parts = []
+        for path in sorted(self.root.glob("daemon-*.log")):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            parts.append(f"===== {path.name}\n{text[-tail:] if tail else text}")
+        return "\n".join(parts)
 
 
 def terminate_backends(dsn: str) -> int:

@@ -151,6 +151,7 @@ instances:
 """, "instances.prod.db.password", 9),
     ("schedules:\n  - name: n\n    cron: '0 2 * * *'\n    request: {token: abc123}\n",
      "schedules.0.request.token", 4),
+    ("cluster:\n  host_id: a\n  dsn: postgresql://u:hunter2@db/scanrelay\n", "cluster.dsn", 3),
 ])
 def test_literal_secret_is_an_error_naming_key_and_fix(text: str, key: str,
                                                         line: int) -> None:
@@ -210,6 +211,9 @@ instances:
     ("instances:\n  'bad name': {kind: folder, path: x}\n", "line 2: instances.bad name"),
     ("intake: {mode: fast}\n", "line 1: intake.mode: Input should be 'events' or 'polling'"),
     ("colour: red\n", "line 1: colour: Extra inputs are not permitted"),
+    ("cluster: {host_id: a}\n", "line 1: cluster: Value error, set exactly one of dsn_env"),
+    ("cluster: {host_id: a, dsn_env: A, dsn_file: /b}\n", "set exactly one of dsn_env"),
+    ("cluster: {host_id: 'a b', dsn_env: A}\n", "cluster.host_id: String should match"),
 ])
 def test_other_config_problems(text: str, expected: str) -> None:
     assert any(expected in p for p in problems_of(text)), problems_of(text)
@@ -219,6 +223,14 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path / "missing.yml")
     assert exc.value.problems == ["cannot read the config file: No such file or directory"]
+
+
+def test_cluster_section_is_optional_and_names_its_dsn_source() -> None:
+    assert parse_config("").cluster is None
+    cluster = parse_config("cluster: {host_id: host-a, dsn_env: SCANRELAY_DSN}\n").cluster
+    assert cluster is not None
+    assert (cluster.host_id, cluster.dsn_env, cluster.batch_size) == ("host-a",
+                                                                      "SCANRELAY_DSN", 200)
 
 
 def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,14 +1,11 @@
-"""The pure parts of ``copy`` (payload, marker, batch retry, ETA) and the copy ledger."""
+"""The pure parts of ``copy`` (payload, marker, batch retry, ETA) and its checkpoint."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from daemon.copyledger import CopyKey, CopyLedger, OpenIntent, key_lock
 from daemon.errors import PermanentError
 from daemon.instances.base import FileRef, Scan, ScanDetails
 from handlers.base import ItemStatus
@@ -141,88 +138,7 @@ def test_eta() -> None:
     assert eta_text(1, 1000, 10.0) == "2:46:30"
 
 
-# ---- the copy ledger ----------------------------------------------------------------
-
-
-def test_ledger_remembers_copies_and_open_intents_across_connections(tmp_path: Path) -> None:
-    ledger = CopyLedger(tmp_path / "state")
-    key = CopyKey("prod", 42, "qa", 9)
-    assert ledger.state(key).copied_to is None
-    ledger.intent(key, "prod:42:9", "run-a")
-    assert ledger.state(key).open_markers == ("prod:42:9",)
-    ledger.copied(key, "prod:42:9", "run-a", 777)
-    ledger.close()
-    again = CopyLedger(tmp_path / "state")
-    state = again.state(key)
-    assert (state.copied_to, state.copied_by, state.open_markers) == (777, "run-a", ())
-    # A forced copy: a row of its own, the newest copy is the one reported.
-    again.intent(key, "prod:42:9:run-b", "run-b")
-    assert again.state(key).copied_to == 777
-    assert again.state(key).open_markers == ("prod:42:9:run-b",)
-    time.sleep(0.01)
-    again.copied(key, "prod:42:9:run-b", "run-b", 888)
-    assert again.state(key).copied_to == 888 and again.state(key).open_markers == ()
-    # Another store or target instance is another copy.
-    states = again.states("prod", "qa", 9, [41, 42, 43])
-    assert set(states) == {42}
-    assert again.state(CopyKey("prod", 42, "qa", 8)).copied_to is None
-    assert again.state(CopyKey("prod", 42, "stage", 9)).copied_to is None
-    again.close()
-
-
-def test_ledger_keeps_each_intended_creates_upload_ids_until_it_is_confirmed(
-        tmp_path: Path) -> None:
-    ledger = CopyLedger(tmp_path / "state")
-    key = CopyKey("prod", 42, "qa", 9)
-    ledger.intent(key, "prod:42:9", "run-a", [501, 502])
-    ledger.intent(key, "prod:42:9", "run-b", [601, 602])  # a rerun's own uploads
-    ledger.close()
-    again = CopyLedger(tmp_path / "state")
-    assert again.state(key).open_intents == (OpenIntent("prod:42:9", (501, 502)),
-                                             OpenIntent("prod:42:9", (601, 602)))
-    again.copied(key, "prod:42:9", "run-b", 777)
-    assert again.state(key).open_intents == ()
-    again.close()
-
-
-def test_ledger_remembers_which_targets_drop_the_marker(tmp_path: Path) -> None:
-    ledger = CopyLedger(tmp_path)
-    assert ledger.marker_check("qa", "scanrelay_ref") is None
-    ledger.record_marker_check("qa", "scanrelay_ref", False)
-    ledger.record_marker_check("stage", "scanrelay_ref", True)
-    check = ledger.marker_check("qa", "scanrelay_ref")
-    assert check is not None and not check.kept
-    assert [(c.target, c.field) for c in ledger.dropped_markers()] == [("qa", "scanrelay_ref")]
-    ledger.record_marker_check("qa", "scanrelay_ref", True)
-    assert ledger.dropped_markers() == []
-    ledger.close()
-
-
-def test_ledger_states_handles_more_ids_than_one_query_takes(tmp_path: Path) -> None:
-    ledger = CopyLedger(tmp_path)
-    for i in range(1, 1201, 3):
-        ledger.copied(CopyKey("s", i, "t", 1), f"s:{i}:1", "r", i + 10_000)
-    states = ledger.states("s", "t", 1, list(range(1, 1201)))
-    assert len(states) == 400 and states[1198].copied_to == 11198
-    ledger.close()
-
-
-def test_key_lock_serialises_one_key_only() -> None:
-    a, b = CopyKey("s", 1, "t", 1), CopyKey("s", 2, "t", 1)
-    other_key, same_key = threading.Event(), threading.Event()
-
-    def take(key: CopyKey, event: threading.Event) -> None:
-        with key_lock(key):
-            event.set()
-
-    with key_lock(a):
-        threading.Thread(target=take, args=(b, other_key)).start()
-        assert other_key.wait(2), "another key must not wait"
-        waiter = threading.Thread(target=take, args=(a, same_key))
-        waiter.start()
-        assert not same_key.wait(0.2), "the same key must wait"
-    assert same_key.wait(2)
-    waiter.join()
+# ---- the checkpoint (the copy ledger's behaviours: tests/test_store_contract.py) ------
 
 
 def test_checkpoint_forget_frees_memory_but_keeps_the_journal(tmp_path: Path) -> None:

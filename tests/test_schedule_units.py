@@ -13,12 +13,12 @@ from helpers import config_dict
 
 from daemon.config import ConfigError, parse_config
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.schedule.cron import cron_trigger, crontab_weekdays
 from daemon.schedule.fires import request_name, scheduled_request
 from daemon.schedule.produce import Producer
 from daemon.schedule.reruns import analysis_request, plan_rerun, rerun_name
 from daemon.schedule.state import DROPPED, FIRE, RESERVED, SchedulerState
+from daemon.store.sqlite_requests import SqliteRequestStore
 
 UTC_NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
 
@@ -202,7 +202,7 @@ def producer(tmp_path: Path) -> Producer:
     cfg = parse_config(json.dumps(config_dict()), base_dir=tmp_path)
     layout = Layout(cfg.root).ensure()
     return Producer(cfg, layout, SchedulerState(layout.state / "scheduler.sqlite"),
-                    Ledger(layout.state / "ledger.sqlite"))
+                    SqliteRequestStore(layout.state / "ledger.sqlite"))
 
 
 RAW = {"action": "download", "source": "demo-source", "scan_ids": [1001]}

@@ -19,7 +19,8 @@ from helpers import DaemonProcess, drop, make_root, wait_settled
 from web_support import free_port, web_root
 
 from daemon.config import ConfigError, parse_config
-from daemon.ledger import Ledger, RunFilter
+from daemon.store.records import RunFilter
+from daemon.store.sqlite_requests import SqliteRequestStore
 
 TOKEN = "canary-token-5f1d0c9e2b7a4e61"
 API_PASSWORD = "canary-api-pw-8c2e71d4"
@@ -188,7 +189,7 @@ def test_no_secret_in_any_page_header_or_download(tmp_path: Path) -> None:
 
 
 def test_ledger_filter_text_is_a_literal_substring(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger = SqliteRequestStore(tmp_path / "ledger.sqlite")
     for i, name in enumerate(("a_b.csv", "axb.csv", "100%.csv", "plain.csv")):
         ledger.claimed(f"c{i}", name, None)
     assert [r.name for r in ledger.search(RunFilter(text="a_b"), 10)] == ["a_b.csv"]

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from helpers import make_root
 
-from daemon.ledger import LEDGER_FILE, SCHEMA
+from daemon.store.sqlite_requests import LEDGER_FILE, SCHEMA
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",

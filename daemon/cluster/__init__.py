@@ -1,1 +1,1 @@
-"""Cluster mode: N hosts on one shared root, agreeing through PostgreSQL (procrastinate)."""
+"""Cluster mode: several hosts share one root and agree through PostgreSQL."""

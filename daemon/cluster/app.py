@@ -24,7 +24,8 @@ TASK_PLAN = "scanrelay.plan"  # parse a request, make its run folder, split it i
 TASK_BATCH = "scanrelay.batch"  # run the handler on one batch of a run's scans
 TASK_SETTLE = "scanrelay.settle"  # merge the batches, settle into done/ or failed/
 TASK_SWEEP = "scanrelay.sweep"  # stalled jobs, orphan claims, stages without a job
-TASKS = (TASK_PLAN, TASK_BATCH, TASK_SETTLE, TASK_SWEEP)
+TASK_RETENTION = "scanrelay.retention"  # retention.days, hourly, once in the cluster
+TASKS = (TASK_PLAN, TASK_BATCH, TASK_SETTLE, TASK_SWEEP, TASK_RETENTION)
 
 
 @functools.cache
@@ -56,8 +57,10 @@ def require_transaction(conn: psycopg.Connection[Any]) -> None:
         raise ValueError("the caller must hold an open transaction on conn")
 
 
-def worker_app(dsn: str, *, name: str, pool_size: int = 4) -> App:
-    """A worker's App on its own async pool (opened by the worker itself)."""
+def worker_app(dsn: str, *, name: str, pool_size: int = 4, timeout: float = 5) -> App:
+    """A worker's App on its own async pool (opened by the worker itself). A query
+    waits at most ``timeout`` seconds for a connection: a worker that lost PostgreSQL
+    ends soon, and the service starts another once it is back."""
     connector = PsycopgConnector(conninfo=dsn, min_size=1, max_size=pool_size,
-                                 kwargs={"application_name": name})
+                                 timeout=timeout, kwargs={"application_name": name})
     return App(connector=connector)

@@ -58,8 +58,8 @@ def run_batch(rt: Runtime, job_id: int | None, run_id: str, number: int) -> None
     folder = run_dir if whole else merge.batch_dir(run_dir, number)
     folder.mkdir(parents=True, exist_ok=True)
     with rt.executions.run(owner) as stop:
-        outcome = _execute(rt, row.claimed(rt.layout), sub, run_id, folder, number, stop,
-                           log)
+        outcome = _execute(rt, row.claimed(rt.layout), sub, run_id, folder, number, owner,
+                           stop, log)
     if outcome.status is RunStatus.INTERRUPTED:
         with rt.pool.connection() as conn:
             stages.release_batch(conn, run_id, number, owner)
@@ -68,7 +68,8 @@ def run_batch(rt: Runtime, job_id: int | None, run_id: str, number: int) -> None
 
 
 def _execute(rt: Runtime, claimed: Claimed, request: Request, run_id: str, folder: Path,
-             number: int, stop: threading.Event, log: Any) -> Outcome:
+             number: int, owner: str, stop: threading.Event, log: Any) -> Outcome:
+    whole = folder == rt.layout.runs / run_id
     sink = logs.add_run_sink(run_id, folder / "run.log", batch=number)
     try:
         with logger.contextualize(batch=number):
@@ -76,9 +77,10 @@ def _execute(rt: Runtime, claimed: Claimed, request: Request, run_id: str, folde
             state.start()
             log.info("batch {} started on {}: {} scans (attempt {})", number, rt.host_id,
                      len(request.scan_ids) or "all", state.data["attempts"])
-            outcome = execute(rt.config, rt.instances, request, run_id, folder, state, stop,
-                              log, deliver=False)
-            if folder != rt.layout.runs / run_id and outcome.status is not RunStatus.INTERRUPTED:
+            outcome = execute(rt.config, rt.instances, rt.stores, request, run_id, folder,
+                              state, stop, log, batch=0 if whole else number, owner=owner,
+                              deliver=False)
+            if not whole and outcome.status is not RunStatus.INTERRUPTED:
                 state.update(status=outcome.status.value)  # the batch's own run.json
             return outcome
     finally:

@@ -16,6 +16,7 @@ import psycopg
 
 from daemon.cluster.app import TASK_PLAN, defer, require_transaction
 from daemon.intake.claim import NO_PROFILE
+from daemon.store.pg_requests import insert_claimed
 
 CLAIM_NUMBERS = 1 << 24  # the 6 hex of a claim ID
 
@@ -29,13 +30,8 @@ def enqueue(conn: psycopg.Connection[Any], *, claim_id: str, name: str,
     nothing is inserted or deferred and the answer is False (callers may ignore it).
     ``processing_name`` is ``processing_name(claim_id, profile, name)``."""
     require_transaction(conn)
-    row = conn.execute(
-        "INSERT INTO requests (claim_id, name, profile, claimed_at, claimed_by,"
-        " processing_name, body, status)"
-        " VALUES (%s, %s, %s, extract(epoch FROM now()), %s, %s, %s, 'claimed')"
-        " ON CONFLICT (claim_id) DO NOTHING RETURNING claim_id",
-        (claim_id, name, profile, claimed_by, processing_name, body)).fetchone()
-    if row is None:
+    if not insert_claimed(conn, claim_id=claim_id, name=name, profile=profile, body=body,
+                          processing_name=processing_name, claimed_by=claimed_by):
         return False
     job_id = defer(conn, TASK_PLAN, claim_id=claim_id)
     conn.execute("UPDATE requests SET job_id = %s WHERE claim_id = %s", (job_id, claim_id))

@@ -16,7 +16,6 @@ from typing import Any
 from loguru import logger
 
 from daemon import logs
-from daemon.checkpoint import Checkpoint
 from daemon.cluster import merge, rows, stages
 from daemon.cluster.files import settled_as, under_name_lock
 from daemon.cluster.rows import RequestRow
@@ -70,7 +69,7 @@ def _settled_before(rt: Runtime, row: RequestRow) -> bool:
                                      "unsettled (moved away by hand?)")
         return True
     status = RunState.load(rt.layout.runs / str(row.run_id)) or {}
-    rt.rows.finished(row.claim_id, status.get("status", RunStatus.FAILED.value), final,
+    rt.requests.finished(row.claim_id, status.get("status", RunStatus.FAILED.value), final,
                      None, status.get("counts", {}))
     return True
 
@@ -93,7 +92,7 @@ def _settle(rt: Runtime, row: RequestRow, run_dir: Path, batches: list[dict[str,
 
     def move() -> None:
         if claimed.path.exists() or claimed.path.is_symlink():  # else: settled meanwhile
-            settle_run(rt.layout, rt.rows, claimed, request, state)
+            settle_run(rt.layout, rt.requests, claimed, request, state)
 
     under_name_lock(rt, row.name, move)
 
@@ -125,10 +124,10 @@ def _analysis(rt: Runtime, request: Request, run_dir: Path, state: RunState,
         return {"status": "skipped", "reason": "dry run"}
     assert request.source is not None and request.target is not None  # validated
     pairs = [(r.source_scan_id, r.target_scan_id) for r in read_mapping(run_dir)]
-    checkpoint = Checkpoint(run_dir)
+    checkpoint = rt.stores.checkpoints.open(run_dir.name, run_dir)
     try:
-        ctx = run_context(rt.config, rt.instances, request, run_dir.name, run_dir, state,
-                          checkpoint, stop, log)
+        ctx = run_context(rt.config, rt.instances, rt.stores.copies, request, run_dir.name,
+                          run_dir, state, checkpoint, stop, log)
         analysis = analyze_after_copy(ctx, rt.instances.get(request.source),
                                       rt.instances.get(request.target), pairs)
     finally:

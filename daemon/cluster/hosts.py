@@ -21,3 +21,11 @@ def beat(conn: psycopg.Connection[Any], host_id: str, *, stopping: bool = False,
         "                   ELSE hosts.started_at END,"
         " pid = EXCLUDED.pid, stopping = EXCLUDED.stopping, info = EXCLUDED.info",
         (host_id, os.getpid(), stopping, Jsonb(info or {})))
+
+
+def worker_silent(conn: psycopg.Connection[Any], worker_id: int, bound: float) -> bool:
+    """The worker has not heartbeaten for ``bound`` seconds (or is gone from the table):
+    its loop has stopped, though its thread may still wait for its jobs."""
+    row = conn.execute("SELECT extract(epoch FROM now() - last_heartbeat)"
+                       " FROM procrastinate_workers WHERE id = %s", (worker_id,)).fetchone()
+    return row is None or float(row[0]) > bound

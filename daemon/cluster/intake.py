@@ -134,6 +134,6 @@ class ClusterIntake:
 
         def settle() -> None:
             if path.exists() or path.is_symlink():  # else another host refused it first
-                refuse(path, self.rt.layout, self.rt.rows, reason, claim_id)
+                refuse(path, self.rt.layout, self.rt.requests, reason, claim_id)
 
         under_name_lock(self.rt, path.name, settle)

@@ -1,4 +1,5 @@
-"""The cluster's tasks on a worker's App: plan, batch, settle, and the periodic sweep.
+"""The cluster's tasks on a worker's App: plan, batch, settle, and the periodic sweep
+and retention (each periodic job deferred once per tick in the cluster).
 
 Retries: a job stopped by its host (``Again``) goes back to the queue at once; a job
 that lost PostgreSQL or met another transient error is retried with a growing wait; any
@@ -14,8 +15,16 @@ from procrastinate import App, JobContext, RetryDecision, exceptions
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy
 
+from daemon import retention
 from daemon.cluster import batch, finish, plan, sweep
-from daemon.cluster.app import QUEUE, TASK_BATCH, TASK_PLAN, TASK_SETTLE, TASK_SWEEP
+from daemon.cluster.app import (
+    QUEUE,
+    TASK_BATCH,
+    TASK_PLAN,
+    TASK_RETENTION,
+    TASK_SETTLE,
+    TASK_SWEEP,
+)
 from daemon.cluster.runtime import Again, Runtime
 from daemon.errors import TransientError
 
@@ -61,3 +70,10 @@ def register(app: App, rt: Runtime) -> None:
         await sweep.sweep(rt, context.app.job_manager)
 
     _registered = (plan_task, batch_task, settle_task, sweep_task)  # noqa: F841
+    if rt.config.retention.days:
+        days = rt.config.retention.days
+
+        @app.periodic(cron="17 * * * *", periodic_id="retention")
+        @app.task(name=TASK_RETENTION, queue=QUEUE, queueing_lock=TASK_RETENTION)
+        def retention_task(timestamp: int) -> None:
+            retention.prune(rt.layout, days)

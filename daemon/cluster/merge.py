@@ -122,8 +122,12 @@ def _move_images(run_dir: Path, batches: list[dict[str, Any]]) -> None:
     for batch in batches:
         folder = batch_dir(run_dir, batch["number"]) / IMAGES
         for entry in _entries(folder):
-            if not entry.name.startswith("."):  # a .part left by a crash stays behind
+            if entry.name.startswith("."):  # a .part left by a crash stays behind
+                continue
+            try:
                 os.replace(entry.path, images / entry.name)
+            except FileNotFoundError:
+                continue  # moved by another execution of this settle (a late duplicate)
 
 
 def _entries(folder: Path) -> list[os.DirEntry[str]]:

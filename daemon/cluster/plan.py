@@ -33,13 +33,13 @@ def plan(rt: Runtime, claim_id: str) -> None:
         row = rows.load(conn, claim_id)
         attempt = rows.begin_stage(conn, claim_id, "claimed", rt.host_id) \
             if row is not None and row.status == "claimed" else None
-    if row is None or attempt is None:
-        return  # planned already (a late duplicate of this job)
+    if row is None or attempt is None or not row.processing_name:
+        return  # planned already (a late duplicate of this job), or never a request
     log = logger.bind(run=claim_id, request=row.name)
     path = ensure_file(rt.layout, row)
     claimed = row.claimed(rt.layout)
     if path is None:  # settled as invalid before a crash cut the row's update
-        rt.rows.finished(claim_id, "invalid", claimed.path, "settled before a restart", {})
+        rt.requests.finished(claim_id, "invalid", claimed.path, "settled before a restart", {})
         return
     if attempt > rt.cluster.max_attempts:
         _invalid(rt, claimed, [f"the request could not be planned: its plan job ended "
@@ -101,6 +101,6 @@ def _invalid(rt: Runtime, claimed: Claimed, problems: list[str]) -> None:
     def settle() -> None:
         if claimed.path.exists() or claimed.path.is_symlink():  # else: another execution
             settle_invalid(claimed.path, claimed.name, claimed.profile, claimed.claim_id,
-                           problems, rt.layout, rt.rows)
+                           problems, rt.layout, rt.requests)
 
     under_name_lock(rt, claimed.name, settle)

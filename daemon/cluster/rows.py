@@ -1,6 +1,6 @@
-"""The cluster's request rows (table ``requests`` of ``0001_core.sql``): what the jobs
-read and the ledger writes. One small module, so the store's request ledger
-(``daemon/store``) can take its place without touching the jobs.
+"""The cluster's request rows (table ``requests`` of ``0001_core.sql``) as the jobs see
+them: a request's stage, its bytes, its file in ``processing/``. The request history
+itself (claimed, started, finished) is the store's (``daemon.store.pg_requests``).
 
 A row's ``status`` is its stage: ``claimed`` (its plan job runs), ``running`` (its
 batches run), ``settling`` (its settle job runs), then how it ended (``done``,
@@ -10,12 +10,9 @@ batches run), ``settling`` (its settle job runs), then how it ended (``done``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from daemon.intake.claim import Claimed
 from daemon.layout import Layout
@@ -85,31 +82,3 @@ def name_lock(conn: psycopg.Connection[Any], name: str, timeout_s: float = 30) -
     ``timeout_s`` (a host paused while holding it): the job is retried."""
     conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(timeout_s * 1000)}",))
     conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (SETTLE_LOCK, name))
-
-
-class RequestRows:
-    """The request history in PostgreSQL, for ``daemon.runsettle`` (``RequestLog``)."""
-
-    def __init__(self, pool: ConnectionPool[Any], host_id: str) -> None:
-        self.pool = pool
-        self.host_id = host_id
-
-    def claimed(self, claim_id: str, name: str, profile: str | None) -> None:
-        """The row of a file refused from the inbox (``daemon.runsettle.refuse``): it
-        never had a job, so it is ``invalid`` from the start (``finished`` completes
-        it); a crash in between leaves nothing for the sweep to resume."""
-        with self.pool.connection() as conn:
-            conn.execute("INSERT INTO requests (claim_id, name, profile, claimed_at,"
-                         " claimed_by, processing_name, body, status, host_id)"
-                         " VALUES (%s, %s, %s, extract(epoch FROM now()), %s, %s, '',"
-                         " 'invalid', %s) ON CONFLICT (claim_id) DO NOTHING",
-                         (claim_id, name, profile, self.host_id, name, self.host_id))
-
-    def finished(self, claim_id: str, status: str, final_path: Path, message: str | None,
-                 counts: dict[str, Any]) -> None:
-        with self.pool.connection() as conn:
-            conn.execute("UPDATE requests SET status = %s,"
-                         " finished_at = extract(epoch FROM now()), final_path = %s,"
-                         " message = %s, counts = %s, host_id = %s WHERE claim_id = %s",
-                         (status, str(final_path), message, Jsonb(counts), self.host_id,
-                          claim_id))

@@ -1,5 +1,5 @@
-"""What a host's jobs share: the config and folders, the pool, the instances, and the
-stop switches of the executions running here."""
+"""What a host's jobs share: the config and folders, the pool and the stores, the
+instances, and the stop switches of the executions running here."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from daemon.cluster.rows import RequestRows
 from daemon.config import ClusterConfig, Config
 from daemon.instances.registry import Instances
 from daemon.layout import Layout
+from daemon.store.abc import RequestStore
+from daemon.store.stores import Stores
 
 
 class Again(Exception):  # noqa: N818 - an instruction to the queue, not a failure
@@ -66,6 +67,7 @@ class Runtime:
     layout: Layout
     pool: ConnectionPool[Any]
     instances: Instances
+    stores: Stores  # the cluster's: requests, copies (with leases), checkpoints
     executions: Executions = field(default_factory=Executions)
 
     @property
@@ -78,8 +80,8 @@ class Runtime:
         return self.cluster.host_id
 
     @property
-    def rows(self) -> RequestRows:
-        return RequestRows(self.pool, self.host_id)
+    def requests(self) -> RequestStore:
+        return self.stores.requests
 
     def owner_token(self, job_id: int | None) -> str:
         """An execution's owner token: per execution, never per job (procrastinate

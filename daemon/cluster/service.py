@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -49,6 +50,7 @@ from daemon.notify import Notifier
 from daemon.schedule.scheduler import Scheduler
 from daemon.status import heartbeat_path
 from daemon.store import pg
+from daemon.store.stores import open_stores
 
 TICK = 0.2  # seconds between rounds of the main loop
 STOP_DEADLINE = 8.0  # seconds running jobs get to checkpoint on shutdown (SPEC: < 10)
@@ -69,7 +71,8 @@ class ClusterService:
         parallel = config.runs.max_parallel
         self.pool = pg.open_pool(self.dsn, max_size=2 * parallel + 4, wait=False,
                                  name=f"scanrelay-{self.cluster.host_id}")
-        self.rt = Runtime(config, self.layout, self.pool, self.instances)
+        self.stores = open_stores(config, self.layout, self.pool)
+        self.rt = Runtime(config, self.layout, self.pool, self.instances, self.stores)
         app = worker_app(self.dsn, name=f"scanrelay-worker-{self.cluster.host_id}")
         jobs.register(app, self.rt)
         self.worker = WorkerThread(app, self.cluster, parallel)
@@ -154,11 +157,33 @@ class ClusterService:
             with self.pool.connection(timeout=2) as conn:
                 hosts.beat(conn, self.cluster.host_id,
                            info={"running": self.rt.executions.count()})
+                silent = self._worker_silent(conn)
         except DB_ERRORS as exc:
             self._db_failed(now, exc)
-        else:
-            self._db_answers()
+            return
+        self._db_answers()
+        if silent:
+            self._restart_worker("the job worker stopped heartbeating (it lost "
+                                 "PostgreSQL for a moment)")
         self.notifier.send("WATCHDOG=1", self._status_line())
+
+    def _worker_silent(self, conn: psycopg.Connection[Any]) -> bool:
+        """The worker's loop ended on its own (a query cut off by a dropped connection
+        ends it) while its thread still waits for its jobs: they would run on unseen,
+        and the sweep would give them to another host meanwhile."""
+        worker_id = self.worker.worker_id
+        if self._db_lost or worker_id is None or self.rt.executions.stopping.is_set():
+            return False
+        return hosts.worker_silent(conn, worker_id, 2 * self.cluster.heartbeat_seconds + 1)
+
+    def _restart_worker(self, why: str) -> None:
+        """Stop this host's jobs (they checkpoint and go back to the queue) and the
+        worker; ``_supervise_worker`` starts a new one once they have ended."""
+        logger.warning("{}: this host's jobs go back to the queue; the worker starts "
+                       "again", why)
+        self.rt.executions.stop_all()
+        retry.STOPPING.set()
+        self.worker.stop()
 
     def _db_failed(self, now: float, exc: BaseException) -> None:
         if self._db_failing_since is None:
@@ -225,6 +250,7 @@ class ClusterService:
                 hosts.beat(conn, self.cluster.host_id, stopping=True)
         except DB_ERRORS:
             pass  # the row ages out of the views by its heartbeat
+        self.stores.close()
         self.pool.close(timeout=1)
         self.instances.close()
         heartbeat_path(self.layout).unlink(missing_ok=True)

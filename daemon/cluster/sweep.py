@@ -62,6 +62,7 @@ def sweep_files_and_stages(rt: Runtime) -> None:
         logger.warning("published {} claim(s) a host left half made", published)
     adopt_orphans(rt)
     redefer_stages(rt)
+    close_refusals(rt)
 
 
 def adopt_orphans(rt: Runtime, now: float | None = None) -> int:
@@ -143,12 +144,28 @@ _DEAD_JOB = "(j.id IS NULL OR j.status NOT IN ('todo', 'doing'))"
 _OPEN_BATCHES = ("SELECT b.run_id, b.number, b.job_id FROM batches b"
                  " LEFT JOIN procrastinate_jobs j ON j.id = b.job_id"
                  f" WHERE b.status IN ('pending', 'running') AND {_DEAD_JOB}")
-# A row without any job yet is only a request being refused at its claim, unless old.
+# A request being planned or settled. (A row with no file name is a file refused from
+# the inbox, which never has a job: see ``close_refusals``.)
 _OPEN_STAGES = ("SELECT r.claim_id, r.status, r.job_id FROM requests r"
                 " LEFT JOIN procrastinate_jobs j ON j.id = r.job_id"
                 f" WHERE r.status IN ('claimed', 'settling') AND {_DEAD_JOB}"
+                " AND r.processing_name <> ''"
                 " AND (r.job_id IS NOT NULL"
                 "      OR r.claimed_at < extract(epoch FROM now()) - %s)")
+REFUSAL_SECONDS = 300  # far longer than a refusal takes (its name lock waits 30 s)
+
+
+def close_refusals(rt: Runtime) -> int:
+    """A file refused from the inbox gets its row (``claimed``) just before it moves to
+    ``failed/`` (``finished``); a crash in between leaves the file in the inbox, to be
+    refused again under a new claim, and this row open: it is closed as ``invalid``."""
+    with rt.pool.connection() as conn:
+        cursor = conn.execute(
+            "UPDATE requests SET status = 'invalid', finished_at = extract(epoch FROM now()),"
+            " message = 'refused, but cut short by a crash; refused again under a new claim'"
+            " WHERE status = 'claimed' AND processing_name = '' AND job_id IS NULL"
+            " AND claimed_at < extract(epoch FROM now()) - %s", (REFUSAL_SECONDS,))
+    return cursor.rowcount
 
 
 def _redefer(conn: psycopg.Connection[Any], task: str, update: str,

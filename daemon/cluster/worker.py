@@ -44,6 +44,12 @@ class WorkerThread:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def worker_id(self) -> int | None:
+        """The worker's row in ``procrastinate_workers`` (None until registered)."""
+        worker = self._worker
+        return None if worker is None else worker.worker_id
+
     def stop(self) -> None:
         """Ask the worker to stop: it takes no new job and ends once its jobs have."""
         with self._lock:

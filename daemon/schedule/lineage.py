@@ -15,9 +15,9 @@ from loguru import logger
 
 from daemon.fsutil import write_json
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.runstate import RunState
 from daemon.schedule.state import ANALYSIS, DROPPED, RERUN, SchedulerState
+from daemon.store.abc import RequestStore
 
 FINAL = ("done", "invalid")  # outcomes no rerun can change
 MAX_LINKS = 100  # reruns.max_attempts is at most 100
@@ -35,7 +35,7 @@ class Outcome:
         return text + (f" after {self.attempts} attempts" if self.attempts > 1 else "")
 
 
-def outcome(name: str, layout: Layout, ledger: Ledger, state: SchedulerState) -> Outcome:
+def outcome(name: str, layout: Layout, ledger: RequestStore, state: SchedulerState) -> Outcome:
     """How the request dropped as ``name`` ended, reruns followed."""
     attempts = 1
     for _ in range(MAX_LINKS):
@@ -52,7 +52,7 @@ def outcome(name: str, layout: Layout, ledger: Ledger, state: SchedulerState) ->
     return Outcome("unknown", None, name, attempts)
 
 
-def follow_up_analyses(layout: Layout, ledger: Ledger, state: SchedulerState) -> int:
+def follow_up_analyses(layout: Layout, ledger: RequestStore, state: SchedulerState) -> int:
     """For each deferred analysis the rerun window dropped, write its outcome into the
     copy run's ``run.json`` (``analysis``: ``status``, ``run_id``, ``request``), so the
     copy run leads to its analysis; how many copy runs were updated."""

@@ -23,8 +23,8 @@ from loguru import logger
 
 from daemon.config import Config
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.schedule.state import DROPPED, RESERVED, SchedulerState
+from daemon.store.abc import RequestStore
 from daemon.submit import drop_request
 
 
@@ -45,7 +45,7 @@ class Producer:
     """Thread-safe (the state and the ledger are)."""
 
     def __init__(self, config: Config, layout: Layout, state: SchedulerState,
-                 ledger: Ledger) -> None:
+                 ledger: RequestStore) -> None:
         self.config = config
         self.layout = layout
         self.state = state

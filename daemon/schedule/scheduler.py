@@ -37,7 +37,6 @@ from loguru import logger
 
 from daemon.config import Config, ScheduleConfig
 from daemon.layout import Layout
-from daemon.ledger import Ledger
 from daemon.schedule.cron import cron_trigger
 from daemon.schedule.executor import FIRE_TIME, InlineExecutor
 from daemon.schedule.fires import job_id, request_name, scheduled_request
@@ -47,6 +46,7 @@ from daemon.schedule.reruns import JOB as RERUNS_JOB
 from daemon.schedule.reruns import Listing, RerunWindow, settled_requests
 from daemon.schedule.state import FILE, FIRE, MISSED, WINDOW, SavedJob, SchedulerState, iso
 from daemon.schedule.store import StateJobStore, fingerprint
+from daemon.store.abc import RequestStore
 
 if TYPE_CHECKING:  # cluster mode's modules (and psycopg) load only in cluster mode
     from daemon.cluster.fireclock import ClockJob, FireClock
@@ -81,7 +81,7 @@ class Scheduler:
     """Start with ``start()`` (after the watcher, before READY), stop with ``stop()``.
     One host: ``ledger`` given. Cluster mode: ``cluster`` given (``ledger`` unused)."""
 
-    def __init__(self, config: Config, layout: Layout, ledger: Ledger | None,
+    def __init__(self, config: Config, layout: Layout, ledger: RequestStore | None,
                  stop: threading.Event, *, cluster: ClusterFires | None = None) -> None:
         self.config = config
         self.layout = layout

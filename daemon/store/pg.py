@@ -11,15 +11,18 @@ schema is applied the same way, as version 0, the first time.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from daemon.config import ClusterConfig, read_secret
 from daemon.errors import FatalError
+from daemon.store.abc import StoreError
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 MIGRATE_LOCK = 0x5CA_4E1A7  # pg_advisory_xact_lock key: one migrating host at a time
@@ -46,14 +49,32 @@ def open_pool(dsn: str, *, max_size: int = 8, name: str = "scanrelay",
     """A pool of autocommit connections: a caller wanting a transaction opens one with
     ``conn.transaction()``. Waits for the server at most ``timeout`` seconds per get;
     ``wait``: also at the open (else the pool connects in the background). Each
-    connection is checked as it is taken, so one the server dropped (a restart,
-    ``pg_terminate_backend``) is replaced instead of failing its next user."""
+    connection is checked as it is handed out (one empty round trip), so after a
+    database restart the pool replaces its dead connections instead of failing a call
+    with each of them in turn."""
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn, min_size=1, max_size=max_size, name=name, open=False, timeout=30,
-        kwargs={"autocommit": True, "application_name": name},
-        check=ConnectionPool.check_connection)
+        check=ConnectionPool.check_connection,
+        kwargs={"autocommit": True, "application_name": name})
     pool.open(wait=wait, timeout=30)
     return pool
+
+
+@contextmanager
+def connection(pool: ConnectionPool[Any], what: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of ``pool`` for one short piece of work on ``what`` (e.g. "the copy
+    ledger"). Raises ``StoreError`` for any database error, transient when the database
+    is unreachable (a later attempt may find it back)."""
+    try:
+        with pool.connection() as conn:
+            yield conn
+    except PoolTimeout as exc:
+        raise StoreError(f"{what}: no database connection: {exc}", transient=True) from exc
+    except psycopg.OperationalError as exc:
+        raise StoreError(f"{what}: the database is unreachable: {exc}",
+                         transient=True) from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def migrations() -> list[Migration]:

@@ -1,6 +1,9 @@
 """Routes of the web page. Each one calls the read layer (``daemon.status``,
-``daemon.ledger``, ``daemon.runinfo``, ``daemon.schedule.report``) and hands what it
-got to a template; the only write is the opt-in retry, which is ``scanrelay retry``."""
+``daemon.store``, ``daemon.runinfo``, ``daemon.schedule.report``) and hands what it
+got to a template; the only write is the opt-in retry, which is ``scanrelay retry``.
+In cluster mode the same calls read the cluster's PostgreSQL through one
+``ClusterView`` kept for the page's lifetime: the overview gains a Cluster panel, and
+a run's page its host and batches."""
 
 from __future__ import annotations
 
@@ -21,14 +24,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from daemon import status
+from daemon.cluster.history import HistoryReader
+from daemon.cluster.views import ClusterUnavailable, open_view
 from daemon.config import Config
 from daemon.errors import RequestError
 from daemon.layout import Layout
-from daemon.ledger import Ledger, RunFilter, read_ledger
 from daemon.outcomes import RunStatus
 from daemon.redact import redact
 from daemon.runinfo import RunView, failed_requests, load_run, retry_request, run_file
 from daemon.schedule.report import schedule_rows
+from daemon.store.abc import RequestStore
+from daemon.store.records import RunFilter
+from daemon.store.sqlite_requests import read_ledger
 from daemon.web import fmt
 from daemon.web.analysis import analysis_view, colour_css, known_comment
 from daemon.web.guard import COOKIE, Guard, Keys
@@ -46,7 +53,8 @@ class Pages:
         self.keys = keys
         self.actions = config.web.actions and keys.token is not None
         self._lock = threading.Lock()
-        self._history: Ledger | None = None
+        self._history: RequestStore | None = None
+        self.cluster = open_view(config)  # None on one host; connects at its first read
         self.env = Environment(loader=PackageLoader("daemon.web", "templates"),
                                autoescape=select_autoescape(default=True))
         fmt.install(self.env)
@@ -64,10 +72,11 @@ class Pages:
     # --- pages ------------------------------------------------------------------
 
     def overview(self, request: Request) -> Response:
-        return self.render("overview.html", page="overview", s=status.collect(self.config))
+        return self.render("overview.html", page="overview",
+                           s=status.collect(self.config, self.cluster))
 
     def overview_live(self, request: Request) -> Response:
-        return self.render("_overview_live.html", s=status.collect(self.config))
+        return self.render("_overview_live.html", s=status.collect(self.config, self.cluster))
 
     def runs(self, request: Request) -> Response:
         q = request.query_params
@@ -88,11 +97,13 @@ class Pages:
         text = self._text_file(view.key, "request.json")
         return self.render("run.html", page="runs", v=view, request_text=text,
                            tail=self._tail(view.key), actions=self.actions,
-                           retried=_text(request.query_params, "retried"))
+                           retried=_text(request.query_params, "retried"),
+                           cluster=self._extras(view.key))
 
     def run_live(self, request: Request) -> Response:
         view = self._view(request)
-        return self.render("_run_live.html", v=view, tail=self._tail(view.key))
+        return self.render("_run_live.html", v=view, tail=self._tail(view.key),
+                           cluster=self._extras(view.key))
 
     def analysis(self, request: Request) -> Response:
         view = self._view(request)
@@ -105,7 +116,7 @@ class Pages:
 
     def file(self, request: Request) -> Response:
         key, name = request.path_params["key"], request.path_params["name"]
-        path = run_file(self.layout, key, name)
+        path = run_file(self.layout, key, name, self._cluster_history())
         if path is None:
             raise HTTPException(404, "no such file")
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -120,7 +131,7 @@ class Pages:
         if not self.actions or form.get("csrf") != self.keys.csrf:
             raise HTTPException(403, "actions are off (web.actions) or the form is stale")
         try:
-            path = retry_request(self.config, view.key)
+            path = retry_request(self.config, view.key, self._cluster_history())
         except (LookupError, RequestError) as exc:
             problems = exc.problems if isinstance(exc, RequestError) else [str(exc.args[0])]
             return self.render("message.html", 409, title="Not retried", lines=problems)
@@ -131,7 +142,7 @@ class Pages:
 
     def schedules(self, request: Request) -> Response:
         return self.render("schedules.html", page="schedules",
-                           rows=schedule_rows(self.config))
+                           rows=schedule_rows(self.config, view=self.cluster))
 
     def login_form(self, request: Request) -> Response:
         return HTMLResponse(self.login_page(request.query_params.get("next", "/")))
@@ -154,16 +165,28 @@ class Pages:
 
     # --- helpers ----------------------------------------------------------------
 
-    def _ledger(self) -> Ledger | None:
+    def _ledger(self) -> HistoryReader | RequestStore | None:
         """One read-only connection for the page's lifetime (opening one per request
-        costs more than the query); None until the daemon has created the ledger."""
+        costs more than the query); None until the daemon has created the ledger.
+        In cluster mode: the cluster's history."""
+        if self.cluster is not None:
+            return self.cluster.history()
         with self._lock:
             if self._history is None:
                 self._history = read_ledger(self.layout.state)
             return self._history
 
+    def _cluster_history(self) -> HistoryReader | None:
+        """The history a run is looked up in: None on one host (``runinfo`` reads the
+        ledger under ``state/`` then, as it always did)."""
+        return self.cluster.history() if self.cluster is not None else None
+
+    def _extras(self, key: str) -> dict[str, Any] | None:
+        """Cluster mode: the run's host and batches (``ClusterView.run_extras``)."""
+        return self.cluster.run_extras(key) if self.cluster is not None else None
+
     def _view(self, request: Request) -> RunView:
-        view = load_run(self.layout, request.path_params["key"])
+        view = load_run(self.layout, request.path_params["key"], self._cluster_history())
         if view is None:
             raise HTTPException(404, "no such run")
         return view
@@ -246,5 +269,11 @@ def create_app(config: Config, token: str | None) -> ASGIApp:
         detail = getattr(exc, "detail", "error")
         return pages.render("message.html", code, title=f"{code}", lines=[str(detail)])
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: error})
+    async def away(request: Request, exc: Exception) -> Response:
+        return pages.render("message.html", 503, title="Cluster database away",
+                            lines=[str(exc), "The hosts resume when it is back; so does "
+                                   "this page."])
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: error,
+                                                       ClusterUnavailable: away})
     return Guard(app, keys, pages.login_page)

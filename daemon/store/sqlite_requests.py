@@ -1,5 +1,6 @@
-"""The daemon's own ledger in ``state/ledger.sqlite``: every request it claimed, the
-run it became, and how it ended. ``scanrelay runs`` and ``show`` read it.
+"""The request history of one host (``RequestStore``) in ``state/ledger.sqlite``:
+every request it claimed, the run it became, and how it ended. ``scanrelay runs`` and
+``show`` read it.
 
 One connection behind a lock: the writes are few (a handful per request) and SQLite
 in WAL mode lets the CLI read while the daemon writes.
@@ -11,11 +12,14 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from daemon import statedb
+from daemon.store.abc import StoreError
+from daemon.store.records import FAILED_STATUSES, RequestRecord, RunFilter
 
 LEDGER_FILE = "ledger.sqlite"
 SCHEMA = """
@@ -42,66 +46,34 @@ CREATE INDEX IF NOT EXISTS requests_status_claimed ON requests(status, claimed_a
 """
 
 
-@dataclass(frozen=True)
-class RunFilter:
-    """Which history rows a reader wants; an empty field does not filter."""
-
-    action: str | None = None
-    status: str | None = None
-    text: str | None = None  # a substring of the request's name or label
-
-    def where(self) -> tuple[str, tuple[Any, ...]]:
-        """The SQL condition and its bound parameters (values never enter the SQL)."""
-        terms, params = [], []
-        if self.action:
-            terms.append("action = ?")
-            params.append(self.action)
-        if self.status:
-            terms.append("status = ?")
-            params.append(self.status)
-        if self.text:
-            like = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace(
-                "_", "\\_") + "%"
-            terms.append("(name LIKE ? ESCAPE '\\' OR label LIKE ? ESCAPE '\\')")
-            params += [like, like]
-        return ("WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    claim_id: str
-    name: str
-    profile: str | None
-    claimed_at: float
-    run_id: str | None
-    action: str | None
-    label: str | None
-    status: str
-    finished_at: float | None
-    final_path: str | None
-    message: str | None
-    counts: dict[str, Any]
-    attempts: int
-
-
-class Ledger:
-    """Request history. Thread-safe."""
+class SqliteRequestStore:
+    """``RequestStore`` over ``state/ledger.sqlite``. Thread-safe."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
-        """``readonly`` for the CLI's readers: they may lack write access to ``state/``."""
+        """``readonly`` for the CLI's readers: they may lack write access to ``state/``.
+        Raises ``StoreError`` when the file cannot be opened."""
+        self.path = path
         self._lock = threading.Lock()
-        if readonly:
-            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                       check_same_thread=False, timeout=30)
-            return
-        self._db = statedb.connect(path, SCHEMA)
+        with self._errors():
+            if readonly:
+                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                           check_same_thread=False, timeout=30)
+                return
+            self._db = statedb.connect(path, SCHEMA)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"the ledger {self.path} is unusable: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
-        with self._lock:
+        with self._lock, self._errors():
             self._db.execute(sql, params)
 
     def claimed(self, claim_id: str, name: str, profile: str | None) -> None:
@@ -121,41 +93,37 @@ class Ledger:
                      claim_id))
 
     def get(self, key: str) -> RequestRecord | None:
-        """A request by claim ID or run ID."""
         rows = self._query("SELECT * FROM requests WHERE claim_id = ? OR run_id = ?", (key, key))
         return rows[0] if rows else None
 
     def by_name(self, name: str) -> list[RequestRecord]:
-        """Requests claimed under the file name ``name`` (as dropped), newest first."""
         return self._query("SELECT * FROM requests WHERE name = ? ORDER BY claimed_at DESC",
                            (name,))
 
     def recent(self, limit: int = 50, failed_only: bool = False) -> list[RequestRecord]:
-        where = "WHERE status IN ('failed', 'partial', 'invalid')" if failed_only else ""
+        where = f"WHERE status IN {FAILED_STATUSES!r}" if failed_only else ""
         return self._query(f"SELECT * FROM requests {where} ORDER BY claimed_at DESC, "
                            "claim_id DESC LIMIT ?", (limit,))
 
     def search(self, filters: RunFilter, limit: int, offset: int = 0) -> list[RequestRecord]:
-        """One page of the history matching ``filters``, newest first."""
         where, params = filters.where()
         return self._query(f"SELECT * FROM requests {where} ORDER BY claimed_at DESC, "
                            "claim_id DESC LIMIT ? OFFSET ?", (*params, limit, offset))
 
     def count(self, filters: RunFilter) -> int:
         where, params = filters.where()
-        with self._lock:
+        with self._lock, self._errors():
             return int(self._db.execute(f"SELECT count(*) FROM requests {where}",
                                         params).fetchone()[0])
 
     def actions(self) -> list[str]:
-        """The actions the history holds (for a filter's choices)."""
-        with self._lock:
+        with self._lock, self._errors():
             rows = self._db.execute("SELECT DISTINCT action FROM requests"
                                     " WHERE action IS NOT NULL ORDER BY action").fetchall()
         return [r[0] for r in rows]
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[RequestRecord]:
-        with self._lock:
+        with self._lock, self._errors():
             cursor = self._db.execute(sql, params)
             names = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
@@ -167,8 +135,8 @@ class Ledger:
         return records
 
 
-def read_ledger(state: Path) -> Ledger | None:
+def read_ledger(state: Path) -> SqliteRequestStore | None:
     """The ledger of ``state/`` opened read-only for a reader (the CLI), or None if the
     daemon never ran there: a reader must not create the daemon's files."""
     path = state / LEDGER_FILE
-    return Ledger(path, readonly=True) if path.exists() else None
+    return SqliteRequestStore(path, readonly=True) if path.exists() else None

@@ -22,21 +22,26 @@ other runs see. SQLite in WAL mode, ``synchronous=NORMAL``: a write survives a k
 process (the case that matters here); after a power loss the marker lookup still
 prevents duplicates because the checkpoint (fsynced) holds the intent.
 
-``key_lock(key)`` serialises the look-up-then-create of one key between the threads of
-a process, so two runs of one daemon cannot both create the same copy.
+The key leases live in this process (``daemon.store.leases.MemoryLeases``): on one host
+the daemon's threads are the only contenders (one daemon per root), and a crash frees
+them with the process, so a restarted daemon never waits for its own dead leases.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from daemon import statedb
+from daemon.store.abc import StoreError
+from daemon.store.leases import LeaseMethods, Leases, MemoryLeases
+from daemon.store.records import CopyKey, CopyState, MarkerCheck, OpenIntent
 
 FILE_NAME = "copies.sqlite"
 SCHEMA = """
@@ -72,88 +77,30 @@ CREATE TABLE IF NOT EXISTS target_markers (
 CHUNK = 500  # IDs per query (well under SQLite's parameter limit)
 
 
-@dataclass(frozen=True)
-class CopyKey:
-    """What makes two copies "the same copy" (SPEC §4)."""
+class SqliteCopyStore(LeaseMethods):
+    """``CopyStore`` over ``state/copies.sqlite``, with leases in memory. Thread-safe.
+    Raises ``StoreError`` only when the file itself is unusable (disk full, corrupt)."""
 
-    source: str
-    source_scan_id: int
-    target: str
-    target_store_id: int
-
-    def as_tuple(self) -> tuple[str, int, str, int]:
-        return (self.source, self.source_scan_id, self.target, self.target_store_id)
-
-
-@dataclass(frozen=True)
-class OpenIntent:
-    """A create that was intended but never confirmed: its marker and upload IDs."""
-
-    marker: str
-    upload_ids: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class CopyState:
-    """What the ledger knows of one key: its newest finished copy, and the creates
-    that were intended but never confirmed (by any run)."""
-
-    copied_to: int | None = None
-    copied_by: str | None = None  # the run that made (or found) that copy
-    open_intents: tuple[OpenIntent, ...] = ()
-
-    @property
-    def open_markers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(i.marker for i in self.open_intents))
-
-
-@dataclass(frozen=True)
-class MarkerCheck:
-    """Whether ``target`` kept the marker field ``field`` of a create it was sent."""
-
-    target: str
-    field: str
-    kept: bool
-    checked_at: float
-
-
-@dataclass
-class _KeyLock:
-    lock: threading.Lock
-    users: int = 0
-
-
-_key_locks: dict[tuple[str, int, str, int], _KeyLock] = {}
-_key_locks_guard = threading.Lock()
-
-
-@contextmanager
-def key_lock(key: CopyKey) -> Iterator[None]:
-    """Hold the process-wide lock of ``key``; other keys never wait for it."""
-    name = key.as_tuple()
-    with _key_locks_guard:
-        entry = _key_locks.setdefault(name, _KeyLock(threading.Lock()))
-        entry.users += 1
-    try:
-        with entry.lock:
-            yield
-    finally:
-        with _key_locks_guard:
-            entry.users -= 1
-            if entry.users == 0:
-                del _key_locks[name]
-
-
-class CopyLedger:
-    """Thread-safe access to ``copies.sqlite``. Methods raise ``sqlite3.Error`` only when
-    the file itself is unusable (disk full, corrupt): the caller treats that as fatal."""
-
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, lease_seconds: float = 30.0) -> None:
         self.path = state_dir / FILE_NAME
+        self.leases = Leases(MemoryLeases(), lease_seconds)
         self._lock = threading.Lock()
-        self._db = statedb.connect(self.path, SCHEMA)
+        with self._errors():
+            self._db = statedb.connect(self.path, SCHEMA)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"the copy ledger {self.path} is unusable: {exc}") from exc
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._lock, self._errors():
+            return self._db.execute(sql, params).fetchall()
 
     def close(self) -> None:
+        self.leases.close()
         with self._lock:
             self._db.close()
 
@@ -164,12 +111,11 @@ class CopyLedger:
         for start in range(0, len(scan_ids), CHUNK):
             chunk = list(scan_ids[start:start + CHUNK])
             marks = ",".join("?" * len(chunk))
-            with self._lock:
-                rows += self._db.execute(
-                    "SELECT source_scan_id, marker, run_id, target_scan_id, copied_at"
-                    " FROM copies WHERE source = ? AND target = ? AND target_store_id = ?"
-                    f" AND source_scan_id IN ({marks}) ORDER BY copied_at",
-                    (source, target, store, *chunk)).fetchall()
+            rows += self._run(
+                "SELECT source_scan_id, marker, run_id, target_scan_id, copied_at"
+                " FROM copies WHERE source = ? AND target = ? AND target_store_id = ?"
+                f" AND source_scan_id IN ({marks}) ORDER BY copied_at",
+                (source, target, store, *chunk))
         uploads = self._intent_uploads(source, target, store, scan_ids)
         states: dict[int, CopyState] = {}
         for scan_id, marker, run_id, target_id, _ in rows:  # oldest copy first: newest wins
@@ -190,12 +136,11 @@ class CopyLedger:
         for start in range(0, len(scan_ids), CHUNK):
             chunk = list(scan_ids[start:start + CHUNK])
             marks = ",".join("?" * len(chunk))
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT source_scan_id, marker, upload_ids FROM intent_files"
-                    " WHERE source = ? AND target = ? AND target_store_id = ?"
-                    f" AND source_scan_id IN ({marks}) ORDER BY rowid",
-                    (source, target, store, *chunk)).fetchall()
+            rows = self._run(
+                "SELECT source_scan_id, marker, upload_ids FROM intent_files"
+                " WHERE source = ? AND target = ? AND target_store_id = ?"
+                f" AND source_scan_id IN ({marks}) ORDER BY rowid",
+                (source, target, store, *chunk))
             for scan_id, marker, ids in rows:
                 intent = OpenIntent(marker, tuple(int(i) for i in json.loads(ids)))
                 out.setdefault((int(scan_id), marker), []).append(intent)
@@ -210,7 +155,7 @@ class CopyLedger:
         """Record that ``run_id`` is about to create ``key``'s copy with ``marker`` and
         the uploads ``upload_ids`` (a row already confirmed for that marker is left as
         it is)."""
-        with self._lock, self._db:  # both rows or neither
+        with self._lock, self._errors(), self._db:  # both rows or neither
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT INTO copies (source, source_scan_id, target, target_store_id, marker,"
@@ -223,36 +168,28 @@ class CopyLedger:
 
     def marker_check(self, target: str, field: str) -> MarkerCheck | None:
         """What the last read-back of ``field`` on ``target`` found, if any."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT kept, checked_at FROM target_markers WHERE target = ? AND field = ?",
-                (target, field)).fetchone()
-        return None if row is None else MarkerCheck(target, field, bool(row[0]), row[1])
+        rows = self._run("SELECT kept, checked_at FROM target_markers"
+                         " WHERE target = ? AND field = ?", (target, field))
+        return MarkerCheck(target, field, bool(rows[0][0]), rows[0][1]) if rows else None
 
     def record_marker_check(self, target: str, field: str, kept: bool) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO target_markers VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
-                " kept = excluded.kept, checked_at = excluded.checked_at",
-                (target, field, int(kept), time.time()))
+        self._run("INSERT INTO target_markers VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                  " kept = excluded.kept, checked_at = excluded.checked_at",
+                  (target, field, int(kept), time.time()))
 
     def dropped_markers(self) -> list[MarkerCheck]:
         """The targets whose last read-back found the marker dropped."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT target, field, checked_at FROM target_markers WHERE kept = 0"
-                " ORDER BY target, field").fetchall()
+        rows = self._run("SELECT target, field, checked_at FROM target_markers WHERE kept = 0"
+                         " ORDER BY target, field", ())
         return [MarkerCheck(t, f, False, at) for t, f, at in rows]
 
     def copied(self, key: CopyKey, marker: str, run_id: str, target_scan_id: int) -> None:
         """Record that ``key``'s copy with ``marker`` is ``target_scan_id`` (created, or
         found by its marker)."""
         now = time.time()
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO copies (source, source_scan_id, target, target_store_id, marker,"
-                " run_id, target_scan_id, intent_at, copied_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO UPDATE SET run_id = excluded.run_id,"
-                " target_scan_id = excluded.target_scan_id, copied_at = excluded.copied_at",
-                (*key.as_tuple(), marker, run_id, target_scan_id, now, now))
+        self._run("INSERT INTO copies (source, source_scan_id, target, target_store_id, marker,"
+                  " run_id, target_scan_id, intent_at, copied_at)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                  " ON CONFLICT DO UPDATE SET run_id = excluded.run_id,"
+                  " target_scan_id = excluded.target_scan_id, copied_at = excluded.copied_at",
+                  (*key.as_tuple(), marker, run_id, target_scan_id, now, now))

@@ -13,7 +13,8 @@ reading, so every host computes the same key.
 A fire no host made within its ``misfire_grace`` (all hosts were down) is recorded
 once as ``missed``. The rerun window is a fire too (``reruns``): the host that makes
 its row runs it, and every rerun or deferred analysis it drops is a row of
-``rerun_drops`` (once for good), inserted in the transaction that enqueues it. Through
+``rerun_drops`` (once for good), inserted in the transaction that enqueues it; a window
+cut short by its host's death leaves the rest to the next window. Through
 ``produce``, ``done`` and ``record`` this class is the window's ``Drops``, as
 ``daemon.schedule.produce.Producer`` is on one host.
 """

@@ -156,6 +156,7 @@ class Report:
         self.mapping: RunCsv | None = None
         self.pairs: Pairs = []
         self.started = time.monotonic()
+        self.before = 0  # scans reported as done before a restart
         self.result = HandlerResult(counts={
             "scans": total, "copied": 0, "skipped": 0, "recovered": 0, "files": 0,
             "bytes": 0, "reused_steps": 0, "batch_retries": 0})
@@ -205,13 +206,18 @@ class Report:
         elapsed = time.monotonic() - self.started
         failed = sum(o.status is ItemStatus.FAILED for o in outcomes)
         ok = sum(o.status is ItemStatus.OK for o in outcomes)
-        # A batch done before a restart is no news (the resume logs them in one line).
-        if not all(o.reused and o.tries == NO_TRIES for o in outcomes):
+        if all(o.reused and o.tries == NO_TRIES for o in outcomes):
+            # Done before a restart: no news (the resume says so in one line), and no
+            # part of this run's rate.
+            self.before += len(outcomes)
+        else:
+            new = done - self.before
             self.ctx.log.info(
                 "[BATCH {}/{}] {} scans: {} copied, {} skipped, {} failed | {}/{} scans, "
                 "{:.1f} scans/s, ETA {}", number, self.batches, len(outcomes), ok,
                 len(outcomes) - ok - failed, failed, done, self.total,
-                done / elapsed if elapsed > 0 else 0.0, eta_text(done, self.total, elapsed))
+                new / elapsed if elapsed > 0 else 0.0,
+                eta_text(new, self.total - self.before, elapsed))
         self.ctx.progress(done, self.total, batch=number, batches=self.batches,
                           copied=counts["copied"], skipped=counts["skipped"],
                           failed=len(self.result.failed))

@@ -14,7 +14,8 @@ a subprocess) gets a CSV request dropped into its inbox:
   journal, i.e. its first new step done; time = both runs' active time (killed run:
   started → kill; resumed run: started → finished), the restart itself left out.
 
-Peak RSS is each daemon process's own maximum (``wait4``), the larger of the two for
+Peak RSS is each daemon process's own maximum (``VmHWM``, read just before it is
+stopped; not ``wait4``'s, which includes this script's own), the larger of the two for
 ``full``; ``CPU ms/scan`` the daemon's own CPU time (both processes for ``full``, with
 two start-ups and the resume), which a loaded machine inflates far less than wall time.
 Every run is checked: the request ends in ``done/``; a download's manifest has every
@@ -31,11 +32,14 @@ import argparse
 import csv
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -67,6 +71,7 @@ class Row:
     peak_rss_mb: float
     cpu_s: float  # the daemon's own CPU time (user + system): far less load-bound than wall
     resume_s: float | None = None
+    resume_cpu_s: float | None = None  # the restarted daemon's CPU time by then
 
     @property
     def rate(self) -> float:
@@ -98,13 +103,30 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
-    def end(self, sig: int) -> tuple[float, float]:
-        """Send ``sig``, reap the process: its peak RSS in MB and its CPU seconds."""
+    def cpu_s(self) -> float:
+        """The process's CPU time so far (user + system), from ``/proc``."""
         assert self.proc is not None
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        """The process's own peak RSS so far (``VmHWM``). Not ``wait4``'s ``ru_maxrss``:
+        Linux folds the parent's peak RSS into a child's at its exec, and this script,
+        holding two reference servers and 100,000 seeded scans, is the bigger one."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        (line,) = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+        return int(line.split()[1]) / 1024  # kB
+
+    def end(self, sig: int) -> tuple[float, float]:
+        """Send ``sig``, reap the process: its peak RSS in MB (read just before; its
+        shutdown allocates next to nothing) and its CPU seconds."""
+        assert self.proc is not None
+        peak = self.peak_rss_mb()
         self.proc.send_signal(sig)
         _, _, usage = os.wait4(self.proc.pid, 0)
         self.proc.returncode = 0  # reaped here: keep Popen from waiting again
-        return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # KiB on Linux
+        return peak, usage.ru_utime + usage.ru_stime
 
 
 @contextmanager
@@ -138,16 +160,29 @@ def instance_config(name: str, server: Any, connections: int) -> dict[str, Any]:
     return cfg
 
 
-def child_env(servers: dict[str, Any]) -> dict[str, str]:
+def child_env(servers: dict[str, Any], pycache: Path) -> dict[str, str]:
+    """The daemon's environment: the servers' secrets, and bytecode cached in
+    ``pycache`` as an installed daemon has it (with PYTHONDONTWRITEBYTECODE, which this
+    machine sets, every start compiled the daemon's modules anew: ~0.25 s of CPU)."""
     import pg
 
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
     for name, server in servers.items():
         env[PASSWORD_ENV.format(name.upper())] = server.password
         password = pg.dsn_params(server.dsn).get("password")
         if password:
             env[DB_PASSWORD_ENV.format(name.upper())] = password
     return env
+
+
+def warm_bytecode(env: dict[str, str]) -> None:
+    """Compile the daemon's modules into ``env``'s bytecode cache before any measured
+    start (the first start would compile the libraries too: seconds of CPU)."""
+    modules = ("daemon.cli", "daemon.service", "handlers.download", "handlers.copy",
+               "daemon.instances.platform", "daemon.checkpoint_index", "numpy")
+    subprocess.run([sys.executable, "-c", f"import {', '.join(modules)}"], cwd=REPO,
+                   env=env, check=True)
 
 
 def count_scans(server: Any) -> int:
@@ -228,13 +263,15 @@ def measure(action: str, name: str, root: Path, ids: list[int], env: dict[str, s
     try:
         daemon.start()
         drop_request(root, f"{name}.csv", ids)
-        first_part, resume_s, rss, cpu = 0.0, None, 0.0, 0.0
+        first_part, resumed, rss, cpu = 0.0, (None, None), 0.0, 0.0
         if kill_at is not None:
             run = wait_for(root, int(len(ids) * kill_at), timeout)
             killed_at = time.time()
             rss, cpu = daemon.end(signal.SIGKILL)
             first_part = killed_at - datetime.fromisoformat(run["started_at"]).timestamp()
-            daemon, resume_s = resume(root, env, run["progress"]["done"], len(ids), rss)
+            print(f"    kill -9 at {run['progress']['done']}/{len(ids)} after "
+                  f"{first_part:.0f} s (peak RSS so far {rss:.1f} MB)", flush=True)
+            daemon, resumed = resume(root, env)
         run = wait_for(root, None, timeout)
         last_rss, last_cpu = daemon.end(signal.SIGTERM)
         rss, cpu = max(rss, last_rss), cpu + last_cpu
@@ -244,12 +281,12 @@ def measure(action: str, name: str, root: Path, ids: list[int], env: dict[str, s
         results = [p.read_text() for p in root.glob("*/*.result.json")]
         raise RuntimeError(f"{action} {name} ended {run.get('status')}: {results}")
     seconds = seconds_between(run["started_at"], run["finished_at"]) + first_part
-    return Row(action, name, len(ids), seconds, rss, cpu, resume_s)
+    return Row(action, name, len(ids), seconds, rss, cpu, *resumed)
 
 
-def resume(root: Path, env: dict[str, str], done: int, total: int,
-           rss: float) -> tuple[Daemon, float]:
-    """Restart the daemon after the kill: (it, seconds to its first journal record)."""
+def resume(root: Path, env: dict[str, str]) -> tuple[Daemon, tuple[float, float]]:
+    """Restart the daemon after the kill: (it, (seconds to its first journal record,
+    its CPU seconds by then))."""
     journal = journal_of(root)
     size_at_kill = journal.stat().st_size
     daemon = Daemon(root, env)
@@ -257,19 +294,32 @@ def resume(root: Path, env: dict[str, str], done: int, total: int,
     daemon.start()
     ready = time.monotonic() - restarted
     first_new_record(journal, size_at_kill)
-    resume_s = time.monotonic() - restarted
-    print(f"    kill -9 at {done}/{total} (peak RSS so far {rss:.1f} MB); after the restart "
-          f"the daemon was ready in {ready:.2f} s and wrote its first new record in "
-          f"{resume_s:.2f} s", flush=True)
-    return daemon, resume_s
+    resume_s, resume_cpu = time.monotonic() - restarted, daemon.cpu_s()
+    print(f"    after the restart the daemon was ready in {ready:.2f} s and wrote its first "
+          f"new record in {resume_s:.2f} s ({resume_cpu:.2f} s of CPU)", flush=True)
+    return daemon, (resume_s, resume_cpu)
 
 
 def check_download(root: Path, scans: int, files: int) -> None:
     (manifest,) = root.glob("runs/*/manifest.csv")
-    with manifest.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if len(rows) != scans * files or any(r["status"] != "ok" for r in rows):
-        raise RuntimeError(f"manifest: {len(rows)} rows, expected {scans * files} ok")
+    with manifest.open(newline="") as f:  # streamed: 100,000 rows as dicts are ~100 MB
+        statuses = Counter(row["status"] for row in csv.DictReader(f))
+    if statuses != Counter(ok=scans * files):
+        raise RuntimeError(f"manifest: {dict(statuses)}, expected {scans * files} ok")
+
+
+def check_disk(base: Path, args: argparse.Namespace) -> None:
+    """Refuse to start without room for what the runs leave in ``base``: the
+    downloaded files and the copies' uploads (on the qa server's disk), each rounded
+    up to a 4 KiB block, and ~3 KB a scan of journals, manifests and mappings."""
+    scans = args.scans + args.base
+    per_file = -(-args.file_size // 4096) * 4096
+    need = 2 * scans * args.files * per_file + 3000 * scans
+    free = shutil.disk_usage(base).free
+    print(f"disk: ~{need / 1e9:.1f} GB needed in {base.parent}, {free / 1e9:.0f} GB free "
+          "(the databases come on top, on the PostgreSQL server's disk)", flush=True)
+    if free < 1.5 * need:
+        raise SystemExit(f"not enough free disk in {base.parent} for {scans} scans")
 
 
 def parse_args() -> argparse.Namespace:
@@ -294,6 +344,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="scanrelay-bench-scale-") as tmp, \
             ExitStack() as stack:
         base = Path(tmp)
+        check_disk(base, args)
         prod = stack.enter_context(reference_server(base, "prod"))
         qa = stack.enter_context(reference_server(base, "qa"))
         started = time.perf_counter()
@@ -305,6 +356,8 @@ def main() -> int:
         servers = {"prod": prod, "qa": qa}
         instances = {name: instance_config(name, server, args.connections)
                      for name, server in servers.items()}
+        env = child_env(servers, base / "pycache")
+        warm_bytecode(env)
         for action in actions:
             profile = {"action": action, "source": "prod"}
             if action == "copy":
@@ -318,8 +371,8 @@ def main() -> int:
                 (root / "config.yml").write_text(yaml.safe_dump(config))
                 before = count_scans(qa)
                 print(f"  {action} {name}: {count} scans", flush=True)
-                row = measure(action, name, root, seeded.scan_ids[:count], child_env(servers),
-                              kill_at, args.timeout)
+                row = measure(action, name, root, seeded.scan_ids[:count], env, kill_at,
+                              args.timeout)
                 if action == "download":
                     check_download(root, count, args.files)
                 elif count_scans(qa) - before != count:
@@ -327,6 +380,9 @@ def main() -> int:
                                        f"scans for {count} source scans")
                 rows.append(row)
                 print(f"  {row}", flush=True)
+                if name == "base":
+                    print(f"  {action} full: about {args.scans / row.rate / 60:.0f} min at "
+                          "the base run's rate", flush=True)
     report(rows, args, load)
     return 0
 
@@ -334,13 +390,17 @@ def main() -> int:
 def report(rows: list[Row], args: argparse.Namespace, load: float) -> None:
     print(f"\n{args.scans} scans, {args.files} file(s) of {args.file_size} bytes each, "
           f"batch size {args.batch_size}, max_connections {args.connections}; load average "
-          f"{load:.1f} at start, {os.getloadavg()[0]:.1f} at the end (2 cores: shared)")
+          f"{load:.1f} at start, {os.getloadavg()[0]:.1f} at the end (2 cores: shared); "
+          f"this script (the reference servers) peaked at "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"{'action':<10}{'run':<6}{'scans':>8}{'seconds':>10}{'scans/s':>9}"
-          f"{'CPU ms/scan':>13}{'peak RSS MB':>13}{'resume s':>10}")
+          f"{'CPU ms/scan':>13}{'peak RSS MB':>13}{'resume s':>10}{'(CPU s)':>9}")
     for r in rows:
         resume = f"{r.resume_s:.2f}" if r.resume_s is not None else "-"
+        resume_cpu = f"{r.resume_cpu_s:.2f}" if r.resume_cpu_s is not None else "-"
         print(f"{r.action:<10}{r.run:<6}{r.scans:>8}{r.seconds:>10.1f}{r.rate:>9.1f}"
-              f"{1000 * r.cpu_s / r.scans:>13.2f}{r.peak_rss_mb:>13.1f}{resume:>10}")
+              f"{1000 * r.cpu_s / r.scans:>13.2f}{r.peak_rss_mb:>13.1f}{resume:>10}"
+              f"{resume_cpu:>9}")
     for action in dict.fromkeys(r.action for r in rows):
         base = next(r for r in rows if r.action == action and r.run == "base")
         full = next(r for r in rows if r.action == action and r.run == "full")

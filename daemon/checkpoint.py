@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,14 @@ class Checkpoint:
         with self._lock:
             record = self._live.get(key)
             return record if record is not None else self._index.find(key)
+
+    def had(self, key: str) -> bool:
+        """Whether the journal, as opened, holds a record of ``key`` (not superseded
+        since), judged by the index alone: no read, so a rare hash collision says True
+        wrongly and ``get`` has the last word. How a resumed run finds, cheaply, where
+        the run before it stopped."""
+        with self._lock:
+            return self._index.had(key)
 
     def held(self) -> int:
         """How many records are held in memory (the rest are read back on demand)."""
@@ -117,3 +125,20 @@ def check_key(key: str) -> None:
     if not key or any(c in '"\\' or c < " " for c in key):
         raise ValueError(f"checkpoint key {key!r}: no quotes, backslashes or control "
                          "characters")
+
+
+def resume_point(count: int, done: Callable[[int], bool]) -> int:
+    """Where a resumed run picks up among steps ``1..count`` that ran roughly in order
+    (``done(n)``: step ``n`` has its record, e.g. by ``Checkpoint.had``): a step that is
+    done while the next is not (0 when none is, ``count`` when all are), found by
+    bisection in O(log count) look-ups. A step before it that was not done after all is
+    the caller's to find and do, as it goes through them."""
+    lo, hi = 0, count + 1  # taken as: done(lo), not done(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if done(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+

@@ -101,6 +101,15 @@ class JournalIndex:
                 return record
         return None
 
+    def had(self, key: str) -> bool:
+        """Whether a live line's key hashes as ``key`` does: no read, so cheap enough to
+        ask of every step of a run. A rare hash collision answers True wrongly, so
+        ``find`` has the last word."""
+        if self._fd is None:
+            return False
+        lo, hi = self._range(hash(key.encode()))
+        return any(self._alive[pos] for pos in range(lo, hi))
+
     def supersede(self, key: str) -> None:
         """A newer record of ``key`` was written after the open: its lines here no longer
         count."""
@@ -116,9 +125,7 @@ class JournalIndex:
         """The live lines whose key is ``wanted`` (position, line), newest first."""
         if self._fd is None:
             return []
-        digest = hash(wanted)
-        lo = int(self._hashes.searchsorted(digest, side="left"))
-        hi = int(self._hashes.searchsorted(digest, side="right"))
+        lo, hi = self._range(hash(wanted))
         found = []
         for pos in range(hi - 1, lo - 1, -1):
             if self._alive[pos]:
@@ -126,6 +133,11 @@ class JournalIndex:
                 if key_of(line) == wanted:
                     found.append((pos, line))
         return found
+
+    def _range(self, digest: int) -> tuple[int, int]:
+        """The positions of the lines whose key hashes to ``digest``."""
+        return (int(self._hashes.searchsorted(digest, side="left")),
+                int(self._hashes.searchsorted(digest, side="right")))
 
 
 def _cut(path: Path, size: int) -> None:

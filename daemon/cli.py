@@ -8,11 +8,9 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from daemon import logs
 from daemon.config import Config, ConfigError, load_config
@@ -27,10 +25,34 @@ from daemon.runner import Runner
 from daemon.store.sqlite_requests import read_ledger
 from daemon.store.stores import open_stores
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scanrelay: copy, download and compare shelf scans from request files.")
-console = Console(soft_wrap=True)  # no wrapping: output is also read by scripts
-err = Console(stderr=True, soft_wrap=True)
+
+
+class _Console:
+    """A ``rich`` console made on first use: ``scanrelay run`` (the daemon) prints
+    nothing with it, and importing ``rich`` is ~10 % of the daemon's start."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+console = _Console(soft_wrap=True)  # no wrapping: output is also read by scripts
+err = _Console(stderr=True, soft_wrap=True)
 ConfigOpt = Annotated[str | None, typer.Option("-c", "--config", help="config file "
                       "(default: $SCANRELAY_CONFIG or ./config.yml)")]
 SELECT_OPTIONS = {"store_id": "--store", "captured_from": "--from", "captured_to": "--to",
@@ -88,7 +110,7 @@ def once(file: Path, config: ConfigOpt = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stores, instances = open_stores(cfg, layout), Instances(cfg)
-    with ProgressBars(console) as bars:
+    with ProgressBars(console.get()) as bars:
         status = Runner(cfg, layout, stores, instances, stop, bars.update).process(claimed)
     instances.close()
     record = stores.requests.get(claimed.claim_id)
@@ -163,7 +185,7 @@ def demo(config: ConfigOpt = None,
 
         box = SandboxOptions(data_dir=cfg.root / "sandbox", dsn=dsn) if with_sandbox else None
         try:
-            code = run_demo(cfg, keep=keep, console=console, sandbox=box)
+            code = run_demo(cfg, keep=keep, console=console.get(), sandbox=box)
         except SandboxError as exc:
             err.print(f"scanrelay demo: the sandbox cannot start: {exc}", markup=False)
             raise typer.Exit(1) from None
@@ -231,7 +253,7 @@ def new(config: ConfigOpt = None) -> None:
     from daemon.wizard import Wizard
 
     try:
-        path = Wizard(_config(config), console).run()
+        path = Wizard(_config(config), console.get()).run()
     except (RequestError, EOFError, KeyboardInterrupt):
         err.print("no request written")
         raise typer.Exit(2) from None
@@ -281,7 +303,7 @@ def select_(source: str,
     if as_json:
         print(json.dumps(result.as_json(), indent=2, default=str))
     else:
-        show(result, console)
+        show(result, console.get())
 
 
 @app.command()
@@ -367,6 +389,8 @@ def schedules(as_json: Annotated[bool, typer.Option("--json")] = False,
     if as_json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return
+    from rich.table import Table
+
     table = Table("job", "cron", "next fire", "last fire", "request", "outcome")
     for r in rows:
         table.add_row(r.job, f"{r.cron} ({r.timezone})",
@@ -393,6 +417,8 @@ def runs(failed: Annotated[bool, typer.Option("--failed")] = False,
     if as_json:
         print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
         return
+    from rich.table import Table
+
     table = Table("run", "request", "action", "status", "scans", "failed", "finished")
     for r in records:
         table.add_row(r.run_id or r.claim_id, r.name, r.action or "-", r.status,

@@ -13,6 +13,11 @@ batch's retries, are held back from the report and copied again at the end of th
 once per pass (a scan whose create was ambiguous looks its marker up first, as always);
 only then are they reported failed.
 
+A resumed run starts after the batches whose scans a run before the restart created
+(found by bisection on the ``copy:created`` records' keys) and reports those once its
+first new scans are under way, so its first new step does not wait for a walk through
+everything done before.
+
 A scan copied to the same target store before (same source and target instance) is
 skipped and reported with its existing target ID, unless ``force``. ``dry_run`` reads
 the source and the ledger only: it reports what would be copied and writes nothing to
@@ -25,18 +30,20 @@ import shutil
 import time
 from collections.abc import Sequence
 
+from daemon.checkpoint import resume_point
 from daemon.errors import PermanentError, TransientError
 from daemon.instances.base import Instance
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
 from handlers.copy_analysis import analyze_after_copy
 from handlers.copy_pipeline import BatchRun, CopyPipeline
 from handlers.copy_plan import How, ScanOutcome, Tries, eta_text
-from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier
+from handlers.copy_scan import TMP_DIR, CopySettings, ScanCopier, created_key
 from handlers.download import WORKERS_PER_SLOT, batches, resolve_scan_ids
 from handlers.mapping import MappingRow, mapping_writer
 from handlers.runcsv import RunCsv
 
 DEFAULT_MARKER_FIELD = "scanrelay_ref"
+NO_TRIES = Tries()
 MAX_WORKERS = 64
 
 
@@ -98,7 +105,7 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
         pipeline = CopyPipeline(ctx, source, copier, workers=_workers(source, target),
                                 retry_pause=ctx.config.copy_.batch_retry_pause,
                                 on_batch=report.batch)
-        pipeline.run(chunks)
+        pipeline.run(chunks, recorded=_recorded_prefix(ctx, chunks))
         for number in range(1, passes + 1):
             ids = report.take_held()
             if not ids:
@@ -109,6 +116,15 @@ def _copy(ctx: RunContext, source: Instance, target: Instance, copier: ScanCopie
         report.release_held()
     shutil.rmtree(tmp, ignore_errors=True)
     return report.result, report.pairs
+
+
+def _recorded_prefix(ctx: RunContext, chunks: list[list[int]]) -> int:
+    """Where a run before a restart stopped: a batch whose every scan has its
+    ``copy:created`` record while the next one's have not all (0 for a fresh run), by
+    bisection on the records' keys alone (``daemon.checkpoint.resume_point``). A scan
+    before it that was not created after all is copied as they are reported."""
+    return resume_point(len(chunks), lambda number: all(
+        ctx.checkpoint.had(created_key(i)) for i in chunks[number - 1]))
 
 
 class Report:
@@ -125,6 +141,7 @@ class Report:
         self.mapping: RunCsv | None = None
         self.pairs: Pairs = []
         self.started = time.monotonic()
+        self.before = 0  # scans reported as done before a restart
         self.result = HandlerResult(counts={
             "scans": total, "copied": 0, "skipped": 0, "recovered": 0, "files": 0,
             "bytes": 0, "reused_steps": 0, "batch_retries": 0})
@@ -174,15 +191,18 @@ class Report:
         elapsed = time.monotonic() - self.started
         failed = sum(o.status is ItemStatus.FAILED for o in outcomes)
         ok = sum(o.status is ItemStatus.OK for o in outcomes)
-        # A batch done before a restart is no news: DEBUG, as thousands of lines would
-        # slow the resume down.
-        before = all(o.reused and o.tries == Tries() for o in outcomes)
-        self.ctx.log.log(
-            "DEBUG" if before else "INFO",
-            "[BATCH {}/{}] {} scans: {} copied, {} skipped, {} failed | {}/{} scans, "
-            "{:.1f} scans/s, ETA {}", number, self.batches, len(outcomes), ok,
-            len(outcomes) - ok - failed, failed, done, self.total,
-            done / elapsed if elapsed > 0 else 0.0, eta_text(done, self.total, elapsed))
+        if all(o.reused and o.tries == NO_TRIES for o in outcomes):
+            # Done before a restart: no news (the resume says so in one line), and no
+            # part of this run's rate.
+            self.before += len(outcomes)
+        else:
+            new = done - self.before
+            self.ctx.log.info(
+                "[BATCH {}/{}] {} scans: {} copied, {} skipped, {} failed | {}/{} scans, "
+                "{:.1f} scans/s, ETA {}", number, self.batches, len(outcomes), ok,
+                len(outcomes) - ok - failed, failed, done, self.total,
+                new / elapsed if elapsed > 0 else 0.0,
+                eta_text(new, self.total - self.before, elapsed))
         self.ctx.progress(done, self.total, batch=number, batches=self.batches,
                           copied=counts["copied"], skipped=counts["skipped"],
                           failed=len(self.result.failed))

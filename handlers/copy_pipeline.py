@@ -33,6 +33,7 @@ from handlers.copy_scan import ScanCopier
 
 TICK = 0.5  # seconds between stop checks while waiting
 READ_TRY = Tries(downloads=1)  # a scan that cannot be read counts as a failed download
+RECORDED_LOOKUP = 500  # scans whose recorded outcomes a resume reads back at a time
 
 
 @dataclass
@@ -70,22 +71,28 @@ class CopyPipeline:
         self.on_batch = on_batch
         self.pool: ThreadPoolExecutor | None = None
 
-    def run(self, chunks: Sequence[Sequence[int]]) -> None:
-        """Copy every chunk. Raises ``Interrupted`` when stopping, ``FatalError`` (or
-        any unexpected error) from a worker; queued scans are cancelled first."""
-        todo = deque(enumerate(chunks, start=1))
+    def run(self, chunks: Sequence[Sequence[int]], recorded: int = 0) -> None:
+        """Copy every chunk. The first ``recorded`` ones had every scan created before
+        a restart: they are reported once the batches after them are under way, so a
+        resumed run's first new step does not wait for a walk through everything done
+        before. Raises ``Interrupted`` when stopping, ``FatalError`` (or any unexpected
+        error) from a worker; queued scans are cancelled first."""
+        todo = deque(enumerate(chunks[recorded:], start=recorded + 1))
         window: deque[BatchRun] = deque()
         longest = max((len(c) for c in chunks), default=1)
         max_batches = max(4, math.ceil(4 * self.workers / max(1, longest)))
         with ThreadPoolExecutor(self.workers, thread_name_prefix="copy") as pool:
             self.pool = pool
             try:
-                while todo or window:
+                while todo or window or recorded:
                     self.ctx.check_stop()
                     while todo and len(window) < max_batches and \
                             sum(b.unfinished() for b in window) < 2 * self.workers:
                         number, ids = todo.popleft()
                         window.append(self._start(number, list(ids)))
+                    if recorded:
+                        self._report_recorded(chunks[:recorded])
+                        recorded = 0
                     for batch in window:
                         self._advance(batch)
                     while window and window[0].settled:
@@ -99,6 +106,28 @@ class CopyPipeline:
                 self.pool = None
 
     # --- batches -------------------------------------------------------------------
+
+    def _report_recorded(self, chunks: Sequence[Sequence[int]]) -> None:
+        """Report ``chunks``, the first batches, whose scans a run before the restart
+        created: their outcomes come from the journal (and the ledger), a few hundred
+        scans per look-up; a scan not found there after all is copied now."""
+        per_lookup = max(1, RECORDED_LOOKUP // max(1, max(len(c) for c in chunks)))
+        for first in range(0, len(chunks), per_lookup):
+            group = chunks[first:first + per_lookup]
+            known = self.copier.known([i for ids in group for i in ids])
+            for number, ids in enumerate(group, start=first + 1):
+                self.ctx.check_stop()
+                batch = BatchRun(number, list(ids))
+                batch.outcomes.update((i, known[i]) for i in ids if i in known)
+                self._submit(batch, [i for i in ids if i not in known])
+                while not batch.settled:
+                    self._advance(batch)
+                    if not batch.settled:
+                        self._wait(deque([batch]))
+                self.on_batch(batch)
+        self.ctx.log.info("resumed after {} batches whose scans were created before the "
+                          "restart", len(chunks))
+
 
     def _start(self, number: int, ids: list[int]) -> BatchRun:
         batch = BatchRun(number, ids)

@@ -129,7 +129,12 @@ class _Made:
 
 
 def _keys(scan_id: int) -> tuple[str, str]:
-    return f"copy:intent:{scan_id}", f"copy:created:{scan_id}"
+    return f"copy:intent:{scan_id}", created_key(scan_id)
+
+
+def created_key(scan_id: int) -> str:
+    """The key of the record that ``scan_id``'s copy exists."""
+    return f"copy:created:{scan_id}"
 
 
 def superseded(scan_id: int, file_ids: list[int]) -> list[str]:

@@ -13,8 +13,10 @@ back from its batch's report; at the end of the run its failed files are fetched
 once per pass, and only then is the scan reported, ok or failed.
 A resumed run skips every file whose journal record still matches the file on disk
 (re-hashed), and every batch that had finished whole (one ``download:batch`` record
-listing its files, each checked by size) without asking the source again, so a resume
-reaches its first new file in seconds however many scans were done before.
+listing its files, each checked by size) without asking the source again. It finds
+where the run before it stopped by bisection on those records' keys, starts its first
+new batches there, and only then reports the batches done before: its first new file
+comes within a second however many scans were done before.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loguru import logger
 
+from daemon.checkpoint import resume_point
 from daemon.errors import PermanentError, RequestError, TransientError
 from daemon.instances.base import FileRef, Instance, Scan
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
@@ -120,14 +123,11 @@ def run(ctx: RunContext) -> HandlerResult:
     workers = WORKERS_PER_SLOT * source.max_connections
     with ThreadPoolExecutor(workers, thread_name_prefix="download") as pool, \
             manifest(ctx.run_dir) as rows_out:
+        def finish(batch: Batch) -> None:
+            _finish(ctx, batch, len(chunks), result, rows_out, held)
+
         try:
-            for number, chunk in enumerate(chunks, start=1):
-                ctx.check_stop()
-                window.append(_start(ctx, source, pool, number, chunk, images))
-                while len(window) >= WINDOW or (window and _all_done(window[0])):
-                    _finish(ctx, window.popleft(), len(chunks), result, rows_out, held)
-            while window:
-                _finish(ctx, window.popleft(), len(chunks), result, rows_out, held)
+            _run_batches(ctx, source, pool, chunks, images, window, finish)
             if held is not None:
                 _last_passes(ctx, source, pool, images, held)
                 _report_held(held, result, rows_out)
@@ -151,6 +151,54 @@ def resolve_scan_ids(ctx: RunContext, source: Instance) -> list[int]:
         raise RequestError([f"select: {len(ids)} scans exceed limits.max_scans; add a limit"])
     ctx.log.info("select matched {} scans", len(ids))
     return ids
+
+
+def _run_batches(ctx: RunContext, source: Instance, pool: ThreadPoolExecutor,
+                 chunks: Sequence[Sequence[int]], images: Path, window: deque[Batch],
+                 finish: Callable[[Batch], None]) -> None:
+    """Fetch and ``finish`` every batch, in order, up to ``WINDOW`` in flight. A resumed
+    run starts after the batches a run before the restart recorded (``_recorded_prefix``)
+    and reports those once its first new batches are fetching: its first new file does
+    not wait for a walk through everything done before."""
+    recorded = _recorded_prefix(ctx, len(chunks))
+    if recorded == len(chunks):
+        _report_recorded(ctx, source, pool, chunks, images, finish)
+        return
+    for number in range(recorded + 1, len(chunks) + 1):
+        ctx.check_stop()
+        window.append(_start(ctx, source, pool, number, chunks[number - 1], images))
+        if recorded and (len(window) == WINDOW or number == len(chunks)):
+            _report_recorded(ctx, source, pool, chunks[:recorded], images, finish)
+            recorded = 0
+        while not recorded and (len(window) >= WINDOW or (window and _all_done(window[0]))):
+            finish(window.popleft())
+    while window:
+        finish(window.popleft())
+
+
+def _recorded_prefix(ctx: RunContext, count: int) -> int:
+    """Where a run before a restart stopped: a batch number whose batch record the
+    journal has while the next one's it has not (0 for a fresh run), found by bisection
+    on the records' keys alone (``Checkpoint.had``: no read), as batches finish roughly
+    in order. A batch before it that did not finish after all is done again when the
+    batches before it are reported (``_report_recorded``)."""
+    return resume_point(count, lambda number: ctx.checkpoint.had(_batch_key(number)))
+
+
+def _report_recorded(ctx: RunContext, source: Instance, pool: ThreadPoolExecutor,
+                     chunks: Sequence[Sequence[int]], images: Path,
+                     finish: Callable[[Batch], None]) -> None:
+    """Report ``chunks``, the first batches, which a run before the restart finished
+    whole; a batch with no record, or whose record or files do not hold up, is done
+    again, here."""
+    redone = 0
+    for number, chunk in enumerate(chunks, start=1):
+        ctx.check_stop()
+        batch = _start(ctx, source, pool, number, chunk, images)
+        redone += batch.finished is None
+        finish(batch)
+    ctx.log.info("resumed after {} batches finished before the restart ({} of them done "
+                 "again: their files had changed)", len(chunks), redone)
 
 
 def _start(ctx: RunContext, source: Instance, pool: ThreadPoolExecutor, number: int,
@@ -192,12 +240,10 @@ def _finish(ctx: RunContext, batch: Batch, total_batches: int, result: HandlerRe
     # memory stays flat however many files the run has.
     ctx.checkpoint.forget(o.task.key for o in outcomes)
     waiting = len(held.scans) if held is not None else 0
-    # A batch finished before a restart is no news: logged at DEBUG only, as thousands
-    # of lines would slow the resume down.
-    ctx.log.log("DEBUG" if batch.finished is not None else "INFO",
-                "[BATCH {}/{}] {} scans, {} files, {} failed scans so far, {} held for the "
-                "last pass", batch.number, total_batches, len(batch.scan_ids),
-                len(outcomes), len(result.failed), waiting)
+    if batch.finished is None:  # one finished before a restart is no news (see the resume)
+        ctx.log.info("[BATCH {}/{}] {} scans, {} files, {} failed scans so far, {} held for "
+                     "the last pass", batch.number, total_batches, len(batch.scan_ids),
+                     len(outcomes), len(result.failed), waiting)
     ctx.progress(result.total, result.counts["scans"], batch=batch.number,
                  batches=total_batches, failed=len(result.failed), held=waiting)
 

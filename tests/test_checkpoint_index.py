@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon import checkpoint_index
-from daemon.checkpoint import FILE_NAME, Checkpoint
+from daemon.checkpoint import FILE_NAME, Checkpoint, resume_point
 
 
 def write_journal(run_dir: Path, records: int) -> None:
@@ -109,6 +109,45 @@ def test_reopening_a_big_journal_holds_no_record(tmp_path: Path) -> None:
         cp.forget([f"copy:created:{lines + i}"])
     assert cp.held() == 0
     cp.close()
+
+
+def test_had_answers_from_the_index_alone(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    cp = Checkpoint(tmp_path)
+    cp.record("download:batch:1", scan_ids=[1])
+    cp.record("download:batch:2", scan_ids=[2])
+    cp.close()
+    again = Checkpoint(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_index.os, "pread", None)  # no read: the index answers
+        assert again.had("download:batch:1") and again.had("download:batch:2")
+        assert not again.had("download:batch:3")
+    again.record("download:batch:2", scan_ids=[22])
+    assert not again.had("download:batch:2"), "superseded since the open"
+    again.close()
+    (tmp_path / "fresh").mkdir()
+    fresh = Checkpoint(tmp_path / "fresh")
+    assert not fresh.had("download:batch:1")
+    fresh.close()
+
+
+@pytest.mark.parametrize(("done", "count", "expected"), [
+    (set(), 0, 0), (set(), 9, 0), (set(range(1, 10)), 9, 9), (set(range(1, 6)), 9, 5),
+    ({1, 2, 3, 5, 6}, 9, 6),  # a hole before the edge: the caller redoes step 4
+    ({1, 2, 3, 4, 5, 7}, 1000, 7), (set(range(1, 5001)), 10_000, 5000),
+    (set(range(1, 4998)) | {4999, 5000, 5002}, 10_000, 5002)])  # the ragged edge of a kill
+def test_resume_point_finds_an_edge_of_the_done_steps(done: set[int], count: int,
+                                                     expected: int) -> None:
+    asked: list[int] = []
+
+    def is_done(step: int) -> bool:
+        asked.append(step)
+        return step in done
+
+    found = resume_point(count, is_done)
+    assert found == expected
+    assert (found == 0 or found in done) and (found == count or found + 1 not in done)
+    assert len(asked) <= max(1, count).bit_length() + 1, "not a bisection"
 
 
 @pytest.mark.parametrize("key", ['a"b', "a\\b", "a\nb", "tab\there", ""])

@@ -110,6 +110,21 @@ def test_finished_batches_are_skipped_whole(root: Path) -> None:
     assert [int(r["scan_id"]) for r in rows[::FILES]] == list(range(FIRST_ID, FIRST_ID + SCANS))
 
 
+def test_a_resume_starts_its_first_new_batch_before_reporting_the_finished_ones(
+        root: Path) -> None:
+    interrupted_after(root, 3)
+    ctx, source = start(root)
+    asked_when_reported: list[int] = []
+    ctx.progress = lambda done, total, **_: asked_when_reported.append(len(source.asked))
+    download.run(ctx)
+    ctx.checkpoint.close()
+    new_batch = list(range(FIRST_ID + 3 * BATCH, FIRST_ID + 4 * BATCH))
+    assert source.asked[:BATCH] == new_batch, "it did not pick up where the first run stopped"
+    assert asked_when_reported[0] >= BATCH, "the new batch waited for the finished ones"
+    rows = manifest(ctx.run_dir)
+    assert [int(r["scan_id"]) for r in rows[::FILES]] == list(range(FIRST_ID, FIRST_ID + SCANS))
+
+
 def test_a_batch_whose_file_changed_is_done_again(root: Path) -> None:
     interrupted_after(root, 2)
     damaged = next((root / "runs" / "r1" / "images").glob(f"{FIRST_ID + 1}_*"))

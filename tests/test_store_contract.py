@@ -356,6 +356,18 @@ def test_records_survive_a_reopen(kind: StoreKind, checkpoints: CheckpointStores
     again.close()
 
 
+def test_a_reopened_store_tells_which_keys_have_a_record(
+        kind: StoreKind, checkpoints: CheckpointStores) -> None:
+    run_dir = _run_dir(kind, "run-1")
+    cp = checkpoints.open("run-1", run_dir)
+    cp.record("download:batch:1", files=3)
+    cp.close()
+    again = kind.checkpoints().open("run-1", run_dir)
+    assert again.had("download:batch:1")
+    assert not again.had("download:batch:2")
+    again.close()
+
+
 def test_forget_frees_memory_but_the_store_keeps_the_record(
         kind: StoreKind, checkpoints: CheckpointStores) -> None:
     run_dir = _run_dir(kind, "run-1")

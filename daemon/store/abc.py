@@ -167,6 +167,11 @@ class CheckpointStore(Protocol):
     def get(self, key: str) -> dict[str, Any] | None:
         """The latest record of ``key`` (``{"key": key, **data}``), or None."""
 
+    def had(self, key: str) -> bool:
+        """Whether ``key`` has a record, cheaply (a resumed run bisects on it to find
+        where the run before it stopped); may say True wrongly, never False wrongly:
+        ``get`` has the last word."""
+
     def record(self, key: str, **data: Any) -> None:
         """Record that step ``key`` is finished, with ``data`` (JSON-able; others are
         written as their ``str``). Durable when it returns. Raises ``ValueError`` for

@@ -43,6 +43,10 @@ class PgCheckpoint:
                                " AND batch = %s AND key = %s", (*self._scope, key)).fetchone()
         return None if row is None else dict(row[0])
 
+    def had(self, key: str) -> bool:
+        """Exact here: one indexed look-up (a resume makes about log2(batches))."""
+        return self.get(key) is not None
+
     def record(self, key: str, **data: Any) -> None:
         check_key(key)
         record = {"key": key, **data}

@@ -116,7 +116,10 @@ class SqliteCopyStore(LeaseMethods):
                 " FROM copies WHERE source = ? AND target = ? AND target_store_id = ?"
                 f" AND source_scan_id IN ({marks}) ORDER BY copied_at",
                 (source, target, store, *chunk))
-        uploads = self._intent_uploads(source, target, store, scan_ids)
+        # Upload IDs only of the scans with an unconfirmed intent: a confirmed copy, or
+        # no row at all (a fresh batch), needs none.
+        open_ids = list(dict.fromkeys(int(r[0]) for r in rows if r[3] is None))
+        uploads = self._intent_uploads(source, target, store, open_ids) if open_ids else {}
         states: dict[int, CopyState] = {}
         for scan_id, marker, run_id, target_id, _ in rows:  # oldest copy first: newest wins
             state = states.get(int(scan_id), CopyState())

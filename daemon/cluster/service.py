@@ -37,6 +37,7 @@ from daemon.cluster import hosts, jobs
 from daemon.cluster.app import worker_app
 from daemon.cluster.intake import ClusterIntake
 from daemon.cluster.runtime import Runtime
+from daemon.cluster.slots import SlotBroker
 from daemon.cluster.worker import WorkerThread
 from daemon.config import Config
 from daemon.errors import FatalError
@@ -47,6 +48,7 @@ from daemon.notify import Notifier
 from daemon.status import heartbeat_path
 from daemon.store import pg
 from daemon.store.stores import open_stores
+from handlers import limits
 
 TICK = 0.2  # seconds between rounds of the main loop
 STOP_DEADLINE = 8.0  # seconds running jobs get to checkpoint on shutdown (SPEC: < 10)
@@ -76,6 +78,7 @@ class ClusterService:
         self._db_failing_since: float | None = None  # monotonic; None: it answers
         self._db_lost = False  # jobs stopped until PostgreSQL answers again
         self._next_beat = 0.0
+        self.slots: SlotBroker | None = None
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set)."""
@@ -85,6 +88,7 @@ class ClusterService:
         retry.STOPPING.clear()
         try:
             if self._migrate():
+                self._start_slots()
                 self.intake.start()
                 self.worker.start()
                 logger.info("scanrelay watching {} as host {} of a cluster (polling "
@@ -122,6 +126,23 @@ class ClusterService:
                 logger.info("cluster schema: applied {}", ", ".join(applied))
             return True
         return False
+
+    def _start_slots(self) -> None:
+        """Connection slots leased from PostgreSQL (``daemon.cluster.slots``), so an
+        instance's ``max_connections`` holds across the cluster; on a small pool of
+        their own, so that a tick never waits behind a job."""
+        self._slot_pool = pg.open_pool(self.dsn, max_size=2, wait=False,
+                                       name=f"scanrelay-{self.cluster.host_id}-slots")
+        self.slots = SlotBroker(self._slot_pool, self.cluster.host_id,
+                                self.cluster.slot_lease_seconds).start()
+        limits.use_broker(self.slots)
+
+    def _stop_slots(self) -> None:
+        if self.slots is None:
+            return
+        limits.use_broker(None)
+        self.slots.close(timeout=1)
+        self._slot_pool.close(timeout=1)
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -242,6 +263,7 @@ class ClusterService:
                 hosts.beat(conn, self.cluster.host_id, stopping=True)
         except DB_ERRORS:
             pass  # the row ages out of the views by its heartbeat
+        self._stop_slots()  # no job runs any more: every slot lease goes back
         self.stores.close()
         self.pool.close(timeout=1)
         self.instances.close()

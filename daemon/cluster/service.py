@@ -250,6 +250,11 @@ class ClusterService:
         deadline = time.monotonic() + STOP_DEADLINE
         retry.STOPPING.set()  # retry waits end at once instead of sleeping out a backoff
         self.notifier.send("STOPPING=1")
+        try:
+            with self.pool.connection(timeout=1) as conn:
+                hosts.beat(conn, self.cluster.host_id, stopping=True)
+        except DB_ERRORS:
+            pass  # the row ages out of the views by its heartbeat
         self.intake.stop()
         self.rt.executions.stop_all()  # each checkpoints; its job goes back to the queue
         self.worker.stop()
@@ -258,11 +263,6 @@ class ClusterService:
             logger.warning("exiting with {} job(s) still stopping",
                            self.rt.executions.count())
             os._exit(0)
-        try:
-            with self.pool.connection(timeout=1) as conn:
-                hosts.beat(conn, self.cluster.host_id, stopping=True)
-        except DB_ERRORS:
-            pass  # the row ages out of the views by its heartbeat
         self._stop_slots()  # no job runs any more: every slot lease goes back
         self.stores.close()
         self.pool.close(timeout=1)

@@ -18,6 +18,9 @@ kill hosts do not wait long for their jobs to move.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -137,6 +140,14 @@ class ClusterRoot:
         finally:
             done.set()
             thread.join()
+
+    def cli(self, host: str, *args: str) -> str:
+        """``scanrelay ARGS`` with ``host``'s config; its stdout (it must succeed)."""
+        done = subprocess.run([sys.executable, "-m", "daemon", *args, "-c",
+                               str(self.config_path(host))], capture_output=True, text=True,
+                              env={**os.environ, DSN_ENV: self.dsn}, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True)

@@ -278,6 +278,9 @@ def test_a_copy_and_a_download_split_in_batches_end_as_one_run(tmp_path: Path) -
         drop(cluster.root / "inbox", "download.json", download(ids))
         got = wait_settled(cluster.root, ["copy.json", "download.json"], timeout=90)
         hosts = cluster.query("SELECT DISTINCT host_id FROM batches")
+        history = json.loads(cluster.cli("host-2", "runs", "--json"))
+    assert sorted((r["name"], r["status"]) for r in history) == [
+        ("copy.json", "done"), ("download.json", "done")], "any host reads the history"
     assert len(hosts) == 2, "both hosts ran batches"
     folder, result = got["copy.json"]
     assert (folder, result["status"]) == ("done", "done"), result

@@ -27,6 +27,7 @@ from daemon.cluster.app import (
 )
 from daemon.cluster.runtime import Again, Runtime
 from daemon.errors import TransientError
+from daemon.store.abc import StoreError
 
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.LockNotAvailable,
              psycopg_pool.PoolTimeout, exceptions.ConnectorException, TransientError)
@@ -40,7 +41,8 @@ class TransientOnly(BaseRetryStrategy):
                            ) -> RetryDecision | None:
         if isinstance(exception, Again):
             return RetryDecision(retry_in={"seconds": 0})
-        if isinstance(exception, TRANSIENT):
+        if isinstance(exception, TRANSIENT) or \
+                (isinstance(exception, StoreError) and exception.transient):
             return RetryDecision(retry_in={"seconds": min(MAX_WAIT, 2 ** min(job.attempts, 6))})
         return None
 

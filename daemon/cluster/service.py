@@ -167,10 +167,14 @@ class ClusterService:
             "mode": "cluster", "host_id": self.cluster.host_id,
             "running": self.rt.executions.count(), "database": not self._db_lost,
             "instances": [h.as_dict() for h in outage.health()]}, durable=False)
+        # The loop is alive, whatever PostgreSQL does: a restart would not bring it back.
+        self.notifier.send("WATCHDOG=1", self._status_line())
         try:
             with self.pool.connection(timeout=2) as conn:
-                hosts.beat(conn, self.cluster.host_id,
-                           info={"running": self.rt.executions.count()})
+                asked = time.time()
+                server = hosts.beat(conn, self.cluster.host_id,
+                                    info={"running": self.rt.executions.count()})
+                self.rt.clock_offset = (asked + time.time()) / 2 - server
                 silent = self._worker_silent(conn)
         except DB_ERRORS as exc:
             self._db_failed(now, exc)
@@ -179,7 +183,6 @@ class ClusterService:
         if silent:
             self._restart_worker("the job worker stopped heartbeating (it lost "
                                  "PostgreSQL for a moment)")
-        self.notifier.send("WATCHDOG=1", self._status_line())
 
     def _worker_silent(self, conn: psycopg.Connection[Any]) -> bool:
         """The worker's loop ended on its own (a query cut off by a dropped connection

@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import requests
 from cluster_support import ClusterRoot, terminate_backends
 from copy_support import env_for, platform_instance
 from helpers import DEMO_SCAN_IDS, drop, listing, wait_settled
@@ -310,3 +312,26 @@ def test_a_copy_and_a_download_split_in_batches_end_as_one_run(tmp_path: Path) -
     assert sorted(r["path"] for r in rows) == \
         sorted(f"images/{p.name}" for p in (run_dir / "images").iterdir())
     assert result["counts"]["files"] == len(rows)
+
+
+def test_a_host_serves_the_clusters_page_and_metrics(tmp_path: Path) -> None:
+    """A host with ``web.listen`` and ``metrics.listen`` serves the whole cluster: the
+    page lists every host alive, the metrics carry the cluster's gauges."""
+    web, scrape = _free_port(), _free_port()
+    served = {"web": {"listen": f"127.0.0.1:{web}"},
+              "metrics": {"listen": f"127.0.0.1:{scrape}"}}
+    with ClusterRoot(tmp_path, hosts=2, per_host={"host-1": served}) as cluster:
+        cluster.start()
+        page = requests.get(f"http://127.0.0.1:{web}/", timeout=30).text
+        gauges = requests.get(f"http://127.0.0.1:{scrape}/metrics", timeout=30).text
+        assert all(d.alive() for d in cluster.daemons.values())
+    assert "2 of 2 hosts alive" in page, page
+    assert '<tr data-host="host-1">' in page and '<tr data-host="host-2">' in page
+    assert "scanrelay_cluster_up 1.0" in gauges
+    assert "scanrelay_cluster_hosts_alive 2.0" in gauges
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

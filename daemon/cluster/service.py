@@ -32,12 +32,13 @@ import psycopg
 import psycopg_pool
 from loguru import logger
 
-from daemon import outage, retry
+from daemon import metrics, outage, retry
 from daemon.cluster import hosts, jobs
 from daemon.cluster.app import worker_app
 from daemon.cluster.intake import ClusterIntake
 from daemon.cluster.runtime import Runtime
 from daemon.cluster.slots import SlotBroker
+from daemon.cluster.views import ClusterView
 from daemon.cluster.worker import WorkerThread
 from daemon.config import Config
 from daemon.errors import FatalError
@@ -79,6 +80,12 @@ class ClusterService:
         self._db_lost = False  # jobs stopped until PostgreSQL answers again
         self._next_beat = 0.0
         self.slots: SlotBroker | None = None
+        self.web = None
+        if config.web.listen:  # built here: an unreadable token stops the start at once
+            from daemon.web.server import WebServer
+
+            self.web = WebServer(config)  # it reads the whole cluster (daemon.cluster.views)
+        self.view: ClusterView | None = None
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set)."""
@@ -91,6 +98,7 @@ class ClusterService:
                 self._start_slots()
                 self.intake.start()
                 self.worker.start()
+                self._start_views()
                 logger.info("scanrelay watching {} as host {} of a cluster (polling "
                             "mode, {} parallel jobs)", self.layout.inbox,
                             self.cluster.host_id, self.config.runs.max_parallel)
@@ -136,6 +144,15 @@ class ClusterService:
         self.slots = SlotBroker(self._slot_pool, self.cluster.host_id,
                                 self.cluster.slot_lease_seconds).start()
         limits.use_broker(self.slots)
+
+    def _start_views(self) -> None:
+        """The metrics (this host's, and the cluster's gauges) and the web page."""
+        if self.config.metrics.listen:
+            metrics.serve(self.config.metrics.listen)
+            self.view = ClusterView(self.cluster)
+            metrics.watch_cluster(self.view)
+        if self.web is not None:
+            self.web.start()
 
     def _stop_slots(self) -> None:
         if self.slots is None:
@@ -258,6 +275,8 @@ class ClusterService:
                 hosts.beat(conn, self.cluster.host_id, stopping=True)
         except DB_ERRORS:
             pass  # the row ages out of the views by its heartbeat
+        if self.web is not None:
+            self.web.stop()
         self.intake.stop()
         self.rt.executions.stop_all()  # each checkpoints; its job goes back to the queue
         self.worker.stop()
@@ -267,6 +286,8 @@ class ClusterService:
                            self.rt.executions.count())
             os._exit(0)
         self._stop_slots()  # no job runs any more: every slot lease goes back
+        if self.view is not None:
+            self.view.close()
         self.stores.close()
         self.pool.close(timeout=1)
         self.instances.close()

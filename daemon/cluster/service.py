@@ -1,7 +1,7 @@
 """``scanrelay run`` with ``cluster:``: one host of the cluster.
 
 At start: this host's ``state/`` lock (one daemon per host), the schema migrated
-(``daemon.store.pg.migrate``, once however many hosts start together), then three things
+(``daemon.store.pg.migrate``, once however many hosts start together), then these
 run side by side:
 
 - the main loop (this thread): the polling claim loop (``ClusterIntake``), the
@@ -9,6 +9,8 @@ run side by side:
   supervision;
 - the procrastinate worker (``WorkerThread``): plan, batch and settle jobs of any
   request, ``runs.max_parallel`` at once, and the periodic sweeps;
+- the scheduler (``daemon.schedule.scheduler`` in cluster mode): every host computes
+  the due fires, each is made once for the cluster (``daemon.cluster.fires``);
 - nothing else: no host owns a request, so nothing in ``processing/`` is resumed from
   here (the sweep gives a dead host's jobs to the living).
 
@@ -35,6 +37,7 @@ from loguru import logger
 from daemon import metrics, outage, retry
 from daemon.cluster import hosts, jobs
 from daemon.cluster.app import worker_app
+from daemon.cluster.fires import ClusterFires
 from daemon.cluster.intake import ClusterIntake
 from daemon.cluster.runtime import Runtime
 from daemon.cluster.slots import SlotBroker
@@ -46,6 +49,7 @@ from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.layout import Layout
 from daemon.notify import Notifier
+from daemon.schedule.scheduler import Scheduler
 from daemon.status import heartbeat_path
 from daemon.store import pg
 from daemon.store.stores import open_stores
@@ -76,6 +80,8 @@ class ClusterService:
         jobs.register(app, self.rt)
         self.worker = WorkerThread(app, self.cluster, parallel)
         self.intake = ClusterIntake(self.rt)
+        self.scheduler = Scheduler(config, self.layout, None, self.stop, cluster=ClusterFires(
+            self.pool, self.layout, self.cluster.host_id))
         self._db_failing_since: float | None = None  # monotonic; None: it answers
         self._db_lost = False  # jobs stopped until PostgreSQL answers again
         self._next_beat = 0.0
@@ -98,6 +104,7 @@ class ClusterService:
                 self._start_slots()
                 self.intake.start()
                 self.worker.start()
+                self.scheduler.start()
                 self._start_views()
                 logger.info("scanrelay watching {} as host {} of a cluster (polling "
                             "mode, {} parallel jobs)", self.layout.inbox,
@@ -270,6 +277,7 @@ class ClusterService:
         deadline = time.monotonic() + STOP_DEADLINE
         retry.STOPPING.set()  # retry waits end at once instead of sleeping out a backoff
         self.notifier.send("STOPPING=1")
+        self.scheduler.stop()  # no fire queues work for a host on its way out
         try:
             with self.pool.connection(timeout=1) as conn:
                 hosts.beat(conn, self.cluster.host_id, stopping=True)

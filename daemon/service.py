@@ -21,6 +21,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from loguru import logger
 
@@ -74,9 +75,10 @@ class Service:
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set); signals need the main thread."""
-        self._lock_root()
+        # One daemon per root: a second would resume the same requests concurrently.
+        self._lock_file = lock_state(self.layout.state, f"on {self.layout.root}")
         if handle_signals:
-            self._install_signals()
+            install_stop_signals(self.stop)
         retry.STOPPING.clear()
         self.claimer.repair()  # claims a crash cut off half-way, before the resumes
         resumes = pending_claims(self.layout)
@@ -98,16 +100,6 @@ class Service:
         finally:
             self._shutdown()
         return 0
-
-    def _lock_root(self) -> None:
-        """One daemon per root: a second would resume the same requests concurrently.
-        The lock dies with the process, so a crash never leaves it behind."""
-        self._lock_file = (self.layout.state / "daemon.lock").open("a")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FatalError(f"another scanrelay daemon is running on {self.layout.root}"
-                             ) from None
 
     def _loop(self) -> None:
         last_ping = last_prune = 0.0
@@ -203,14 +195,6 @@ class Service:
         return (f"STATUS=inbox {len(self.pending) + self.paths.qsize()} waiting, "
                 f"{running} running, {len(self.in_flight) - running} queued")
 
-    def _install_signals(self) -> None:
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            logger.info("received {}: stopping", signal.Signals(signum).name)
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-
     def _shutdown(self) -> None:
         retry.STOPPING.set()  # retry waits end at once instead of sleeping out a backoff
         self.notifier.send("STOPPING=1")
@@ -235,3 +219,26 @@ class Service:
         self.stores.close()
         heartbeat_path(self.layout).unlink(missing_ok=True)
         logger.info("scanrelay stopped")
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (signals need the main thread)."""
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received {}: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def lock_state(state: Path, where: str) -> IO[str]:
+    """Hold the lock of ``state/`` for as long as the returned file is open; a second
+    daemon on it fails, its message saying ``where``. The lock dies with the process,
+    so a crash never leaves it behind."""
+    lock_file = (state / "daemon.lock").open("a")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise FatalError(f"another scanrelay daemon is running {where}") from None
+    return lock_file

@@ -9,6 +9,7 @@ from pathlib import Path
 import pg
 import pytest
 from copy_support import ref_server
+from store_support import migrated_database
 
 from daemon.sandbox import RefServer
 
@@ -27,6 +28,14 @@ def platform_db(pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
         yield dsn
     finally:
         pg.drop_database(dsn)
+
+
+@pytest.fixture
+def cluster_dsn(pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh database with the cluster schema (``daemon.store.pg.migrate``),
+    dropped after the test."""
+    with migrated_database(request.node.name) as dsn:
+        yield dsn
 
 
 @pytest.fixture

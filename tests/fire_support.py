@@ -6,30 +6,16 @@ from __future__ import annotations
 import glob
 import os
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import pg
 import psycopg
 import pytest
 
 from daemon.cluster.app import TASK_PLAN
 from daemon.schedule.fires import request_name
-from daemon.store.pg import migrate
 
 FAKETIME_LIBRARY = "/usr/lib/*/faketime/libfaketimeMT.so.1"  # Debian's libfaketime
-
-
-def migrated_database() -> Iterator[str]:
-    """For a fixture: a fresh database with the cluster schema, dropped after."""
-    dsn = pg.create_database("fires")
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            migrate(conn)
-        yield dsn
-    finally:
-        pg.drop_database(dsn)
 
 
 def rows(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

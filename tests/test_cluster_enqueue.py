@@ -13,18 +13,12 @@ import pytest
 from daemon.cluster.app import TASK_PLAN
 from daemon.cluster.enqueue import enqueue, new_claim_id, processing_name
 from daemon.intake.claim import Claimed
-from daemon.store import pg
-from tests import pg as testpg
 
 
 @pytest.fixture
-def conn() -> Iterator[psycopg.Connection[Any]]:
-    testpg.require_admin_dsn()
-    dsn = testpg.create_database("enqueue")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        pg.migrate(conn)
+def conn(cluster_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(cluster_dsn, autocommit=True) as conn:
         yield conn
-    testpg.drop_database(dsn)
 
 
 def _enqueue(conn: psycopg.Connection[Any], claim_id: str) -> bool:

@@ -27,7 +27,6 @@ from fire_support import (
     faketime_env,
     fire_rows,
     job_count,
-    migrated_database,
     requests_by_name,
     rows,
 )
@@ -52,11 +51,6 @@ SHIFT_SECONDS = 180  # the shifted host's clock runs this far ahead
 
 
 # ---- fixtures and readers ----------------------------------------------------------
-
-
-@pytest.fixture
-def cluster_dsn(pg_dsn: str) -> Iterator[str]:
-    yield from migrated_database()
 
 
 @pytest.fixture

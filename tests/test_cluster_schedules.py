@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +31,6 @@ from fire_support import (
     db_now,
     faketime_env,
     fire_rows,
-    migrated_database,
 )
 from helpers import make_root, wait_settled
 
@@ -54,11 +53,6 @@ class Host(Protocol):
 
 
 HostStarter = Callable[[str, int], Host]  # (host_id, clock shift in seconds) → a host
-
-
-@pytest.fixture
-def cluster_dsn(pg_dsn: str) -> Iterator[str]:
-    yield from migrated_database()
 
 
 def schedules() -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,19 +28,13 @@ from daemon.runsettle import Outcome
 from daemon.store import pg
 from daemon.store.stores import open_stores
 from handlers.base import HandlerResult, ItemResult, ItemStatus
-from tests import pg as testpg
 
 RUN = "20260101-000000-download-000001"
 
 
 @pytest.fixture
-def dsn() -> Iterator[str]:
-    testpg.require_admin_dsn()
-    dsn = testpg.create_database("stages")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        pg.migrate(conn)
-    yield dsn
-    testpg.drop_database(dsn)
+def dsn(cluster_dsn: str) -> str:
+    return cluster_dsn
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:

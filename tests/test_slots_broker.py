@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pg
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
@@ -19,17 +18,6 @@ from daemon.cluster.slots import BOUND_TICK, SlotBroker
 from daemon.store import pg as store
 
 LEASE = 3.0
-
-
-@pytest.fixture
-def cluster_dsn(pg_dsn: str) -> Iterator[str]:
-    dsn = pg.create_database("slotbroker")
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            store.migrate(conn)
-        yield dsn
-    finally:
-        pg.drop_database(dsn)
 
 
 @pytest.fixture

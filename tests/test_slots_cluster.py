@@ -17,14 +17,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pg
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 from tcp_proxy import TcpProxy, connector_for
 
 from daemon.sandbox import RefServer
-from daemon.store import pg as store
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +31,6 @@ LIMIT = 4  # max_connections of the instance
 LEASE = 3.0  # seconds
 LATENCY = 0.05  # seconds the platform takes per call
 INSTANCE = "platform"
-
-
-@pytest.fixture
-def cluster_dsn(pg_dsn: str) -> Iterator[str]:
-    dsn = pg.create_database("slots")
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            store.migrate(conn)
-        yield dsn
-    finally:
-        pg.drop_database(dsn)
 
 
 @pytest.fixture

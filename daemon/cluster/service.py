@@ -22,12 +22,9 @@ once it answers, the worker starts again.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import signal
 import threading
 import time
-from types import FrameType
 from typing import Any
 
 import psycopg
@@ -44,12 +41,12 @@ from daemon.cluster.slots import SlotBroker
 from daemon.cluster.views import ClusterView
 from daemon.cluster.worker import WorkerThread
 from daemon.config import Config
-from daemon.errors import FatalError
 from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.layout import Layout
 from daemon.notify import Notifier
 from daemon.schedule.scheduler import Scheduler
+from daemon.service import install_stop_signals, lock_state
 from daemon.status import heartbeat_path
 from daemon.store import pg
 from daemon.store.stores import open_stores
@@ -95,9 +92,9 @@ class ClusterService:
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set)."""
-        self._lock_state()
+        self._lock_file = lock_state(self.layout.state, f"with {self.layout.state}")  # one per host
         if handle_signals:
-            self._install_signals()
+            install_stop_signals(self.stop)
         retry.STOPPING.clear()
         try:
             if self._migrate():
@@ -114,15 +111,6 @@ class ClusterService:
         finally:
             self._shutdown()
         return 0
-
-    def _lock_state(self) -> None:
-        """One daemon per host (its own ``state/``)."""
-        self._lock_file = (self.layout.state / "daemon.lock").open("a")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FatalError(f"another scanrelay daemon is running with {self.layout.state}"
-                             ) from None
 
     def _migrate(self) -> bool:
         """The schema up to date; waits for PostgreSQL (False: stopped meanwhile)."""
@@ -264,14 +252,6 @@ class ClusterService:
         return (f"STATUS=host {self.cluster.host_id}: {self.rt.executions.count()} jobs "
                 f"running, {self.intake.waiting()} waiting to be claimed"
                 + ("" if self._db_failing_since is None else ", PostgreSQL away"))
-
-    def _install_signals(self) -> None:
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            logger.info("received {}: stopping", signal.Signals(signum).name)
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + STOP_DEADLINE

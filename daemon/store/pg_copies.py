@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from daemon.store import pg
 from daemon.store.leases import Held, LeaseMethods, Leases
-from daemon.store.records import CopyKey, CopyState, MarkerCheck, OpenIntent
+from daemon.store.records import CopyKey, CopyState, MarkerCheck, OpenIntent, fold_copy_states
 
 WHAT = "the copy ledger"
 CHUNK = 10_000  # source scans per query: bounded statements, few round trips
@@ -100,17 +100,7 @@ class PgCopyStore(LeaseMethods):
         for scan_id, marker, ids in files:
             uploads.setdefault((scan_id, marker), []).append(
                 OpenIntent(marker, tuple(int(i) for i in ids)))
-        states: dict[int, CopyState] = {}
-        for scan_id, marker, run_id, target_id in rows:  # oldest copy first: newest wins
-            state = states.get(scan_id, CopyState())
-            if target_id is None:
-                intents = uploads.get((scan_id, marker)) or [OpenIntent(marker)]
-                state = CopyState(state.copied_to, state.copied_by,
-                                  (*state.open_intents, *intents))
-            else:
-                state = CopyState(int(target_id), run_id, state.open_intents)
-            states[int(scan_id)] = state
-        return states
+        return fold_copy_states(rows, uploads)
 
     def state(self, key: CopyKey) -> CopyState:
         return self.states(key.source, key.target, key.target_store_id,

@@ -3,6 +3,7 @@ Every store, SQLite or PostgreSQL, speaks these (``daemon.store.abc``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,3 +104,22 @@ class MarkerCheck:
     field: str
     kept: bool
     checked_at: float  # seconds since the epoch
+
+
+def fold_copy_states(rows: Iterable[Sequence[Any]],
+                     uploads: Mapping[tuple[int, str], list[OpenIntent]]
+                     ) -> dict[int, CopyState]:
+    """Each source scan's ``CopyState`` from its copy rows ``(source scan, marker, run,
+    target scan or None)``, oldest first so that the newest copy wins, and the upload IDs
+    of each intended create by ``(source scan, marker)``."""
+    states: dict[int, CopyState] = {}
+    for scan_id, marker, run_id, target_id, *_ in rows:
+        state = states.get(int(scan_id), CopyState())
+        if target_id is None:
+            intents = uploads.get((int(scan_id), marker)) or [OpenIntent(marker)]
+            state = CopyState(state.copied_to, state.copied_by,
+                              (*state.open_intents, *intents))
+        else:
+            state = CopyState(int(target_id), run_id, state.open_intents)
+        states[int(scan_id)] = state
+    return states

@@ -41,7 +41,7 @@ from typing import Any
 from daemon import statedb
 from daemon.store.abc import StoreError
 from daemon.store.leases import LeaseMethods, Leases, MemoryLeases
-from daemon.store.records import CopyKey, CopyState, MarkerCheck, OpenIntent
+from daemon.store.records import CopyKey, CopyState, MarkerCheck, OpenIntent, fold_copy_states
 
 FILE_NAME = "copies.sqlite"
 SCHEMA = """
@@ -120,17 +120,7 @@ class SqliteCopyStore(LeaseMethods):
         # no row at all (a fresh batch), needs none.
         open_ids = list(dict.fromkeys(int(r[0]) for r in rows if r[3] is None))
         uploads = self._intent_uploads(source, target, store, open_ids) if open_ids else {}
-        states: dict[int, CopyState] = {}
-        for scan_id, marker, run_id, target_id, _ in rows:  # oldest copy first: newest wins
-            state = states.get(int(scan_id), CopyState())
-            if target_id is None:
-                intents = uploads.get((int(scan_id), marker)) or [OpenIntent(marker)]
-                state = CopyState(state.copied_to, state.copied_by,
-                                  (*state.open_intents, *intents))
-            else:
-                state = CopyState(int(target_id), run_id, state.open_intents)
-            states[int(scan_id)] = state
-        return states
+        return fold_copy_states(rows, uploads)
 
     def _intent_uploads(self, source: str, target: str, store: int, scan_ids: Sequence[int]
                         ) -> dict[tuple[int, str], list[OpenIntent]]:

@@ -67,3 +67,16 @@ def test_hosts_starting_together_apply_each_migration_once(dsn: str) -> None:
 def test_a_fresh_database_has_no_version(dsn: str) -> None:
     with _connect(dsn) as conn:
         assert pg.schema_version(conn) is None
+
+
+def test_the_dsn_and_its_password_are_masked_wherever_they_are_quoted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.config import ClusterConfig
+    from daemon.redact import redact
+
+    dsn = "host=db.example.net dbname=scanrelay user=sr password=Sekr3t-DSN-pass"
+    monkeypatch.setenv("SCANRELAY_TEST_CLUSTER_DSN", dsn)
+    cluster = ClusterConfig(host_id="a", dsn_env="SCANRELAY_TEST_CLUSTER_DSN")
+    assert pg.dsn_of(cluster) == dsn
+    said = redact(f"connection failed: {dsn}; again with password Sekr3t-DSN-pass")
+    assert "Sekr3t-DSN-pass" not in said and "db.example.net" not in said, said

@@ -18,10 +18,12 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from daemon.config import ClusterConfig, read_secret
 from daemon.errors import FatalError
+from daemon.redact import register_secret
 from daemon.store.abc import StoreError
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -41,7 +43,19 @@ def dsn_of(cluster: ClusterConfig) -> str:
     dsn = read_secret(cluster.dsn_env, cluster.dsn_file, "cluster DSN")
     if not dsn:
         raise FatalError("cluster DSN: it is empty")
+    register_secret(dsn)  # a driver's error may quote it: never into a log or a sidecar
+    password = _password_of(dsn)
+    if password:
+        register_secret(password)
     return dsn
+
+
+def _password_of(dsn: str) -> str | None:
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None  # malformed: the whole DSN is registered
+    return str(password) if password else None
 
 
 def open_pool(dsn: str, *, max_size: int = 8, name: str = "scanrelay",

@@ -85,7 +85,8 @@ def run_cluster(bench: Bench, hosts: int) -> Row:
         for n in range(1, hosts + 1):
             config = {
                 "paths": {"root": str(root), "state": str(base / f"state-{n}")},
-                "log": {"level": "WARNING"}, "defaults": {"batch_size": 10},
+                # INFO: a host says it is ready ("scanrelay watching") at that level
+                "log": {"level": "INFO"}, "defaults": {"batch_size": 10},
                 "intake": {"mode": "polling", "poll_interval": 0.2, "settle_seconds": 0.3},
                 "instances": {"prod": instance_config(bench.prod, connections),
                               "qa": instance_config(bench.qa, connections)},

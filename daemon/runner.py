@@ -162,11 +162,12 @@ def execute(config: Config, instances: Instances, stores: Stores, request: Reque
         log.error("run failed: {}", exc)
         transient = isinstance(exc, TransientError) or \
             (isinstance(exc, FatalError) and exc.transient)
-        return Outcome(RunStatus.FAILED, problems=[str(exc)], transient=transient)
+        return Outcome(RunStatus.FAILED, problems=[str(exc)], transient=transient,
+                       error=exc)
     except Exception as exc:  # the wrapper's promise: every run gets an outcome
         log.exception("run failed on an internal error")
         return Outcome(RunStatus.FAILED,
-                       problems=[f"internal error: {type(exc).__name__}: {exc}"])
+                       problems=[f"internal error: {type(exc).__name__}: {exc}"], error=exc)
     finally:
         checkpoint.close()
     return Outcome(status_of(result), result)

@@ -35,6 +35,7 @@ class Outcome:
     result: HandlerResult = field(default_factory=HandlerResult)
     problems: list[str] = field(default_factory=list)
     transient: bool = False  # a later rerun may succeed
+    error: BaseException | None = None  # what stopped the run, if anything did
 
 
 def record(state: RunState, outcome: Outcome) -> None:

@@ -48,9 +48,11 @@ class ClusterRoot:
     def __init__(self, tmp_path: Path, *, hosts: int = 3,
                  cluster: Mapping[str, Any] | None = None,
                  env: Mapping[str, Mapping[str, str]] | None = None,
+                 per_host: Mapping[str, Mapping[str, Any]] | None = None,
                  **overrides: Any) -> None:
         """``cluster``: keys of the ``cluster:`` section over ``FAST_CLUSTER``;
-        ``env``: extra environment per host ID; ``overrides``: config sections."""
+        ``env``: extra environment per host ID; ``overrides``: config sections of every
+        host; ``per_host``: config sections of one host (by host ID), over those."""
         self.tmp = tmp_path
         self.root = tmp_path / "shared"
         Layout(self.root).ensure(["demo-copy", "demo-download"])
@@ -59,6 +61,7 @@ class ClusterRoot:
         self.cluster = {**FAST_CLUSTER, **(cluster or {})}
         self.overrides = overrides
         self.env = env or {}
+        self.per_host = per_host or {}
         self.hosts = [f"host-{n}" for n in range(1, hosts + 1)]
         self.daemons: dict[str, DaemonProcess] = {}
 
@@ -88,7 +91,7 @@ class ClusterRoot:
                        "demo-target": {"kind": "folder", "path": str(data / "demo-target")}},
             intake={"mode": "polling", "poll_interval": 0.2, "settle_seconds": 0.3},
             cluster={"dsn_env": DSN_ENV, "host_id": host, **self.cluster})
-        return merge(base, self.overrides)
+        return merge(merge(base, self.overrides), self.per_host.get(host, {}))
 
     def config_path(self, host: str) -> Path:
         return self.tmp / f"{host}.yml"
@@ -105,6 +108,8 @@ class ClusterRoot:
                                    ready_timeout=60)
             self.daemons[host] = daemon
             daemon.start()
+            # The line itself, not its source in a traceback (which has "{}" for the ID).
+            daemon.wait_log(f"as host {host} of a cluster", 5)
 
     def stop(self, *hosts: str) -> dict[str, float]:
         """SIGTERM to the given hosts (default: all) at once; seconds each took to exit

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,25 @@ def test_a_stage_whose_job_failed_gets_one_new_job(dsn: str, tmp_path: Path) -> 
         assert conn.execute("SELECT number, job_id FROM batches ORDER BY number"
                             ).fetchall() == [(1, batch_jobs[2]), (2, alive)]
         assert [args for _, args in jobs(conn, TASK_PLAN)] == [{"claim_id": claim_id}]
+
+
+def test_a_retry_is_due_by_the_servers_clock_not_the_hosts() -> None:
+    """A host whose clock runs an hour ahead must not push its retried jobs an hour
+    into the future: retry times are the server's (the offset measured at each
+    heartbeat); and only what is transient is retried."""
+    from procrastinate.jobs import Job
+
+    from daemon.cluster.jobs import TransientOnly
+    from daemon.cluster.runtime import Again
+
+    rt = Runtime(None, None, None, None, None, clock_offset=3600.0)  # type: ignore[arg-type]
+    job = Job(id=1, queue="q", lock=None, queueing_lock=None, task_name="t", attempts=2)
+    strategy = TransientOnly(rt)
+    server_now = datetime.now(UTC) - timedelta(hours=1)
+    again = strategy.get_retry_decision(exception=Again("stopping"), job=job)
+    assert again is not None and again.retry_at is not None
+    assert abs((again.retry_at - server_now).total_seconds()) < 5
+    lost = strategy.get_retry_decision(exception=psycopg.OperationalError("gone"), job=job)
+    assert lost is not None and lost.retry_at is not None
+    assert abs((lost.retry_at - server_now).total_seconds() - 4) < 5  # 2 ** attempts
+    assert strategy.get_retry_decision(exception=ValueError("a bug"), job=job) is None

@@ -296,14 +296,12 @@ def test_runs_show_and_retry_read_the_cluster_history(root: Path, dsn: str) -> N
 
 def test_schedules_show_the_clusters_last_fires(root: Path, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # The schedules part's table (0005_fires.sql), as agreed: created here if absent.
-        conn.execute("CREATE TABLE IF NOT EXISTS schedule_fires (schedule text NOT NULL,"
-                     " fire_time timestamptz NOT NULL, status text NOT NULL, claim_id text,"
-                     " PRIMARY KEY (schedule, fire_time))")
-        conn.execute("INSERT INTO schedule_fires (schedule, fire_time, status, claim_id)"
-                     " VALUES ('nightly', '2026-01-01 02:00+00', 'fired',"
-                     " '20251231-230000-cccccc'), ('hourly', '2026-01-01 05:00+00', 'missed',"
-                     " NULL)")
+        # Fires as daemon.cluster.fires records them (0005_fires.sql).
+        conn.execute("INSERT INTO schedule_fires (schedule, fire_time, status, claim_id,"
+                     " host_id, cron, timezone) VALUES ('schedule:nightly',"
+                     " '2026-01-01 02:00+00', 'fired', '20251231-230000-cccccc', 'h1',"
+                     " '0 2 * * *', 'UTC'), ('schedule:hourly', '2026-01-01 05:00+00',"
+                     " 'missed', NULL, 'h2', '0 * * * *', 'UTC')")
     out = cli(root, dsn, "schedules", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["job"]: r for r in json.loads(out.stdout)}

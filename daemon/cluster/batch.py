@@ -6,8 +6,9 @@ run.json, run.log, artefacts); a batch that is the whole request runs in the run
 itself. Its outcome goes into ``batches.result`` if this execution still owns the batch
 (``stages.finish_batch``); the last batch to finish defers the settle job.
 
-Attempts: each execution is one; one stopped by its host (SIGTERM, PostgreSQL gone)
-gives its attempt back and its job returns to the queue (``Again``). Past
+Attempts: each execution is one; one stopped by its host (SIGTERM, PostgreSQL gone), or
+by the cluster's database failing under it (``StoreError``), gives its attempt back and
+its job returns to the queue (``Again``, or a retry after a wait). Past
 ``cluster.max_attempts`` executions that all ended without an answer (their host died
 each time), the batch is abandoned: its scans fail with that reason.
 """
@@ -30,6 +31,7 @@ from daemon.request import Request
 from daemon.runner import execute, run_base
 from daemon.runsettle import Outcome
 from daemon.runstate import RunState
+from daemon.store.abc import StoreError
 
 # Test hook: a batch holding this scan ID kills its host at start (issue 15, test 6).
 CRASH_ON_SCAN_ENV = "SCANRELAY_TEST_CRASH_ON_SCAN"
@@ -69,6 +71,14 @@ def run_batch(rt: Runtime, job_id: int | None, run_id: str, number: int) -> None
         with rt.pool.connection() as conn:
             stages.release_batch(conn, run_id, number, owner)
         raise Again(f"batch {number} of {run_id} interrupted: back to the queue")
+    if isinstance(outcome.error, StoreError) and outcome.error.transient:
+        # The cluster's database failed under the batch (its checkpoint records, its
+        # copy ledger): not the request's fault. The job is retried (``jobs``), and the
+        # next execution resumes from the records that did commit.
+        log.warning("batch {} stopped: {}; it is retried", number, outcome.error)
+        with rt.pool.connection() as conn:
+            stages.release_batch(conn, run_id, number, owner)
+        raise outcome.error
     _finish(rt, run_id, number, owner, "done", merge.payload(outcome), log)
 
 

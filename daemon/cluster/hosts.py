@@ -11,16 +11,20 @@ from psycopg.types.json import Jsonb
 
 
 def beat(conn: psycopg.Connection[Any], host_id: str, *, stopping: bool = False,
-         info: dict[str, Any] | None = None) -> None:
-    """This host is alive (``started_at`` is renewed when its process changed)."""
-    conn.execute(
+         info: dict[str, Any] | None = None) -> float:
+    """This host is alive (``started_at`` is renewed when its process changed); the
+    server's clock, as epoch seconds."""
+    row = conn.execute(
         "INSERT INTO hosts (host_id, pid, started_at, heartbeat_at, stopping, info)"
         " VALUES (%s, %s, now(), now(), %s, %s)"
         " ON CONFLICT (host_id) DO UPDATE SET heartbeat_at = now(),"
         " started_at = CASE WHEN hosts.pid <> EXCLUDED.pid THEN now()"
         "                   ELSE hosts.started_at END,"
-        " pid = EXCLUDED.pid, stopping = EXCLUDED.stopping, info = EXCLUDED.info",
-        (host_id, os.getpid(), stopping, Jsonb(info or {})))
+        " pid = EXCLUDED.pid, stopping = EXCLUDED.stopping, info = EXCLUDED.info"
+        " RETURNING extract(epoch FROM heartbeat_at)::float8",
+        (host_id, os.getpid(), stopping, Jsonb(info or {}))).fetchone()
+    assert row is not None
+    return float(row[0])
 
 
 def worker_silent(conn: psycopg.Connection[Any], worker_id: int, bound: float) -> bool:

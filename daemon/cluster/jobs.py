@@ -9,6 +9,8 @@ stage's attempts (``cluster.max_attempts``) bound what a bug can cost.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import psycopg
 import psycopg_pool
 from procrastinate import App, JobContext, RetryDecision, exceptions
@@ -27,6 +29,7 @@ from daemon.cluster.app import (
 )
 from daemon.cluster.runtime import Again, Runtime
 from daemon.errors import TransientError
+from daemon.store.abc import StoreError
 
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.LockNotAvailable,
              psycopg_pool.PoolTimeout, exceptions.ConnectorException, TransientError)
@@ -34,20 +37,27 @@ MAX_WAIT = 60  # seconds between retries of a job that meets transient errors
 
 
 class TransientOnly(BaseRetryStrategy):
-    """Retry ``Again`` at once and transient errors with a growing wait; never the rest."""
+    """Retry ``Again`` at once and transient errors with a growing wait; never the rest.
+    When is computed by the server's clock (``Runtime.server_now``): the server decides
+    when a job is due, and this host's clock may be off."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
 
     def get_retry_decision(self, *, exception: BaseException, job: Job
                            ) -> RetryDecision | None:
         if isinstance(exception, Again):
-            return RetryDecision(retry_in={"seconds": 0})
-        if isinstance(exception, TRANSIENT):
-            return RetryDecision(retry_in={"seconds": min(MAX_WAIT, 2 ** min(job.attempts, 6))})
+            return RetryDecision(retry_at=self.rt.server_now())
+        if isinstance(exception, TRANSIENT) or \
+                (isinstance(exception, StoreError) and exception.transient):
+            wait = min(MAX_WAIT, 2 ** min(job.attempts, 6))
+            return RetryDecision(retry_at=self.rt.server_now() + timedelta(seconds=wait))
         return None
 
 
 def register(app: App, rt: Runtime) -> None:
     """The tasks, bound to this host's runtime."""
-    retry = TransientOnly()
+    retry = TransientOnly(rt)
 
     @app.task(name=TASK_PLAN, queue=QUEUE, pass_context=True, retry=retry)
     def plan_task(context: JobContext, claim_id: str) -> None:

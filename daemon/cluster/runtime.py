@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -69,6 +70,13 @@ class Runtime:
     instances: Instances
     stores: Stores  # the cluster's: requests, copies (with leases), checkpoints
     executions: Executions = field(default_factory=Executions)
+    clock_offset: float = 0.0  # this host's clock minus the server's, in seconds
+
+    def server_now(self) -> datetime:
+        """The database server's time as this host best knows it (its clock corrected
+        by the offset measured at each heartbeat): what a job's ``scheduled_at`` must
+        be computed from, since the server decides when it is due."""
+        return datetime.now(UTC) - timedelta(seconds=self.clock_offset)
 
     @property
     def cluster(self) -> ClusterConfig:

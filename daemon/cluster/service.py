@@ -1,7 +1,7 @@
 """``scanrelay run`` with ``cluster:``: one host of the cluster.
 
 At start: this host's ``state/`` lock (one daemon per host), the schema migrated
-(``daemon.store.pg.migrate``, once however many hosts start together), then three things
+(``daemon.store.pg.migrate``, once however many hosts start together), then these
 run side by side:
 
 - the main loop (this thread): the polling claim loop (``ClusterIntake``), the
@@ -9,6 +9,8 @@ run side by side:
   supervision;
 - the procrastinate worker (``WorkerThread``): plan, batch and settle jobs of any
   request, ``runs.max_parallel`` at once, and the periodic sweeps;
+- the scheduler (``daemon.schedule.scheduler`` in cluster mode): every host computes
+  the due fires, each is made once for the cluster (``daemon.cluster.fires``);
 - nothing else: no host owns a request, so nothing in ``processing/`` is resumed from
   here (the sweep gives a dead host's jobs to the living).
 
@@ -32,12 +34,14 @@ import psycopg
 import psycopg_pool
 from loguru import logger
 
-from daemon import outage, retry
+from daemon import metrics, outage, retry
 from daemon.cluster import hosts, jobs
 from daemon.cluster.app import worker_app
+from daemon.cluster.fires import ClusterFires
 from daemon.cluster.intake import ClusterIntake
 from daemon.cluster.runtime import Runtime
 from daemon.cluster.slots import SlotBroker
+from daemon.cluster.views import ClusterView
 from daemon.cluster.worker import WorkerThread
 from daemon.config import Config
 from daemon.errors import FatalError
@@ -45,6 +49,7 @@ from daemon.fsutil import write_json
 from daemon.instances.registry import Instances
 from daemon.layout import Layout
 from daemon.notify import Notifier
+from daemon.schedule.scheduler import Scheduler
 from daemon.status import heartbeat_path
 from daemon.store import pg
 from daemon.store.stores import open_stores
@@ -75,10 +80,18 @@ class ClusterService:
         jobs.register(app, self.rt)
         self.worker = WorkerThread(app, self.cluster, parallel)
         self.intake = ClusterIntake(self.rt)
+        self.scheduler = Scheduler(config, self.layout, None, self.stop, cluster=ClusterFires(
+            self.pool, self.layout, self.cluster.host_id))
         self._db_failing_since: float | None = None  # monotonic; None: it answers
         self._db_lost = False  # jobs stopped until PostgreSQL answers again
         self._next_beat = 0.0
         self.slots: SlotBroker | None = None
+        self.web = None
+        if config.web.listen:  # built here: an unreadable token stops the start at once
+            from daemon.web.server import WebServer
+
+            self.web = WebServer(config)  # it reads the whole cluster (daemon.cluster.views)
+        self.view: ClusterView | None = None
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Serve until SIGTERM/SIGINT (or ``stop`` is set)."""
@@ -91,6 +104,8 @@ class ClusterService:
                 self._start_slots()
                 self.intake.start()
                 self.worker.start()
+                self.scheduler.start()
+                self._start_views()
                 logger.info("scanrelay watching {} as host {} of a cluster (polling "
                             "mode, {} parallel jobs)", self.layout.inbox,
                             self.cluster.host_id, self.config.runs.max_parallel)
@@ -137,6 +152,15 @@ class ClusterService:
                                 self.cluster.slot_lease_seconds).start()
         limits.use_broker(self.slots)
 
+    def _start_views(self) -> None:
+        """The metrics (this host's, and the cluster's gauges) and the web page."""
+        if self.config.metrics.listen:
+            metrics.serve(self.config.metrics.listen)
+            self.view = ClusterView(self.cluster)
+            metrics.watch_cluster(self.view)
+        if self.web is not None:
+            self.web.start()
+
     def _stop_slots(self) -> None:
         if self.slots is None:
             return
@@ -167,10 +191,14 @@ class ClusterService:
             "mode": "cluster", "host_id": self.cluster.host_id,
             "running": self.rt.executions.count(), "database": not self._db_lost,
             "instances": [h.as_dict() for h in outage.health()]}, durable=False)
+        # The loop is alive, whatever PostgreSQL does: a restart would not bring it back.
+        self.notifier.send("WATCHDOG=1", self._status_line())
         try:
             with self.pool.connection(timeout=2) as conn:
-                hosts.beat(conn, self.cluster.host_id,
-                           info={"running": self.rt.executions.count()})
+                asked = time.time()
+                server = hosts.beat(conn, self.cluster.host_id,
+                                    info={"running": self.rt.executions.count()})
+                self.rt.clock_offset = (asked + time.time()) / 2 - server
                 silent = self._worker_silent(conn)
         except DB_ERRORS as exc:
             self._db_failed(now, exc)
@@ -179,7 +207,6 @@ class ClusterService:
         if silent:
             self._restart_worker("the job worker stopped heartbeating (it lost "
                                  "PostgreSQL for a moment)")
-        self.notifier.send("WATCHDOG=1", self._status_line())
 
     def _worker_silent(self, conn: psycopg.Connection[Any]) -> bool:
         """The worker's loop ended on its own (a query cut off by a dropped connection
@@ -250,11 +277,14 @@ class ClusterService:
         deadline = time.monotonic() + STOP_DEADLINE
         retry.STOPPING.set()  # retry waits end at once instead of sleeping out a backoff
         self.notifier.send("STOPPING=1")
+        self.scheduler.stop()  # no fire queues work for a host on its way out
         try:
             with self.pool.connection(timeout=1) as conn:
                 hosts.beat(conn, self.cluster.host_id, stopping=True)
         except DB_ERRORS:
             pass  # the row ages out of the views by its heartbeat
+        if self.web is not None:
+            self.web.stop()
         self.intake.stop()
         self.rt.executions.stop_all()  # each checkpoints; its job goes back to the queue
         self.worker.stop()
@@ -264,6 +294,8 @@ class ClusterService:
                            self.rt.executions.count())
             os._exit(0)
         self._stop_slots()  # no job runs any more: every slot lease goes back
+        if self.view is not None:
+            self.view.close()
         self.stores.close()
         self.pool.close(timeout=1)
         self.instances.close()

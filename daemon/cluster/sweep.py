@@ -45,8 +45,8 @@ async def retry_stalled(rt: Runtime, jobs: JobManager) -> int:
     stalled = await jobs.get_stalled_jobs(seconds_since_heartbeat=rt.cluster.stalled_seconds)
     retried = 0
     for job in stalled:
-        try:
-            await jobs.retry_job(job)
+        try:  # due now by the server's clock, whatever this host's says
+            await jobs.retry_job(job, retry_at=rt.server_now())
         except exceptions.ConnectorException:
             continue  # another sweep was first, or it finished meanwhile
         retried += 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 
@@ -26,6 +26,19 @@ from daemon.layout import Layout
 from daemon.schedule.state import DROPPED, RESERVED, SchedulerState
 from daemon.store.abc import RequestStore
 from daemon.submit import drop_request
+
+
+class Drops(Protocol):
+    """What the rerun window produces through, once per key: ``Producer`` on one host
+    (the drop log and the inbox), ``daemon.cluster.fires.ClusterFires`` in a cluster."""
+
+    def produce(self, key: str, job: str, kind: str, fire_time: datetime, name: str,
+                raw: dict[str, Any], source: str | None = None) -> Path | None: ...
+
+    def done(self, key: str) -> bool: ...
+
+    def record(self, key: str, job: str, kind: str, fire_time: datetime, state: str, *,
+               source: str | None = None, detail: dict[str, Any] | None = None) -> bool: ...
 
 
 class Producer:
@@ -57,6 +70,12 @@ class Producer:
         """True once ``key`` is settled for good (dropped, missed, exhausted)."""
         drop = self.state.get(key)
         return drop is not None and drop.state != RESERVED
+
+    def record(self, key: str, job: str, kind: str, fire_time: datetime, state: str, *,
+               source: str | None = None, detail: dict[str, Any] | None = None) -> bool:
+        """A row that needs no file (missed, exhausted, a window); False if it existed."""
+        return self.state.record(key, job, kind, fire_time, state, source=source,
+                                 detail=detail)
 
     def recover(self) -> int:
         """Finish the reservations a crash left behind; how many files it wrote."""

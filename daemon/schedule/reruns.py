@@ -20,7 +20,7 @@ import json
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from loguru import logger
 from daemon.config import RerunsConfig
 from daemon.fsutil import write_text
 from daemon.layout import Layout
-from daemon.schedule.produce import Producer
+from daemon.schedule.produce import Drops
 from daemon.schedule.state import ANALYSIS, EXHAUSTED, RAN, RERUN, WINDOW, iso
 from daemon.settle import ERROR, RESULT, RETRY
 
@@ -66,12 +66,19 @@ def settled_requests(folder: Path) -> Iterator[Settled]:
     """Requests settled in ``folder``, by name. One still being settled (sidecars
     written, the request not yet linked beside them) is left for the next window."""
     for sidecar in sorted(folder.glob("*" + RESULT)):
-        request = sidecar.with_name(sidecar.name[:-len(RESULT)])
-        if sidecar.name.startswith(".") or not (request.exists() or request.is_symlink()):
-            continue
-        result = _read_json(sidecar)
-        if result is not None:
-            yield Settled(request, result)
+        if not sidecar.name.startswith("."):
+            item = settled_at(sidecar.with_name(sidecar.name[:-len(RESULT)]))
+            if item is not None:
+                yield item
+
+
+def settled_at(request: Path) -> Settled | None:
+    """The settled request at ``request`` with its ``result.json``; None while it is
+    still being settled (or its result is unreadable)."""
+    if not (request.exists() or request.is_symlink()):
+        return None
+    result = _read_json(request.with_name(request.name + RESULT))
+    return None if result is None else Settled(request, result)
 
 
 def plan_rerun(result: dict[str, Any], retry: dict[str, Any] | None,
@@ -156,31 +163,37 @@ def exhausted_note(name: str, attempt: int, max_attempts: int) -> str:
             f"{name}.retry.json into the inbox to try again.\n")
 
 
-class RerunWindow:
-    """The rerun window's job: ``window(fire_time)``."""
+Listing = Callable[[Path], Iterable[Settled]]  # the requests settled in a folder
 
-    def __init__(self, config: RerunsConfig, layout: Layout, producer: Producer,
-                 stop: threading.Event) -> None:
+
+class RerunWindow:
+    """The rerun window's job: ``window(fire_time)``. It produces through ``producer``
+    and finds the settled requests through ``listing`` (``settled_requests`` reads the
+    folders; a cluster reads its ``requests`` table)."""
+
+    def __init__(self, config: RerunsConfig, layout: Layout, producer: Drops,
+                 stop: threading.Event, listing: Listing = settled_requests) -> None:
         self.config = config
         self.layout = layout
         self.producer = producer
-        self.state = producer.state
         self.stop = stop
+        self.listing = listing
 
     def __call__(self, fire_time: datetime) -> None:
         counts: Counter[str] = Counter()
-        for item in settled_requests(self.layout.failed):
+        for item in self.listing(self.layout.failed):
             if self.stop.is_set():
                 break  # the next window (or a restart's catch-up) takes the rest
             counts[self._rerun(item, fire_time)] += 1
         for folder in (self.layout.done, self.layout.failed):
-            for item in settled_requests(folder):
+            for item in self.listing(folder):
                 if self.stop.is_set():
                     break
                 if deferred_analysis(item):
                     counts["analysis " + self._analysis(item, fire_time)] += 1
         summary = {k: v for k, v in counts.items() if not k.endswith("seen before")}
-        self.state.record(f"{JOB}@{iso(fire_time)}", JOB, WINDOW, fire_time, RAN, detail=summary)
+        self.producer.record(f"{JOB}@{iso(fire_time)}", JOB, WINDOW, fire_time, RAN,
+                             detail=summary)
         logger.bind(run=JOB).info("rerun window of {}: {}", fire_time.isoformat(),
                     ", ".join(f"{v} {k}" for k, v in sorted(summary.items())) or "nothing to do")
 
@@ -196,7 +209,7 @@ class RerunWindow:
         if plan.verdict == "permanent":
             return "not transient"
         if plan.verdict == "exhausted":
-            if self.state.record(key, JOB, RERUN, fire_time, EXHAUSTED, source=run_id):
+            if self.producer.record(key, JOB, RERUN, fire_time, EXHAUSTED, source=run_id):
                 self._note_exhausted(item, plan.attempt)
                 log.warning("{} stays in failed/: attempt {} of {} failed", item.path.name,
                             plan.attempt, self.config.max_attempts)

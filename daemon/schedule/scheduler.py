@@ -10,6 +10,13 @@ a fire missed while the daemon was down runs once at start if it is within the g
 and is skipped, logged and recorded as missed if not. The job store keeps each job's
 next run time in ``state/scheduler.sqlite`` across restarts; the drop log there makes
 every fire write its request at most once, even if it fires again after a crash.
+
+In cluster mode (``cluster``: the cluster's fires in PostgreSQL) the producer and the
+clock change, nothing else: ``daemon.cluster.fireclock`` decides what is due by the
+database server's clock (same crons, time zones, coalescing and grace), each fire is
+made once for the cluster (``daemon.cluster.fires``: a row and the request's job in
+one transaction), and the rerun window produces through the same, reading the
+cluster's settled requests. Nothing is kept under this host's ``state/``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -33,12 +41,16 @@ from daemon.schedule.cron import cron_trigger
 from daemon.schedule.executor import FIRE_TIME, InlineExecutor
 from daemon.schedule.fires import job_id, request_name, scheduled_request
 from daemon.schedule.lineage import follow_up_analyses
-from daemon.schedule.produce import Producer
+from daemon.schedule.produce import Drops, Producer
 from daemon.schedule.reruns import JOB as RERUNS_JOB
-from daemon.schedule.reruns import RerunWindow
+from daemon.schedule.reruns import Listing, RerunWindow, settled_requests
 from daemon.schedule.state import FILE, FIRE, MISSED, WINDOW, SavedJob, SchedulerState, iso
 from daemon.schedule.store import StateJobStore, fingerprint
 from daemon.store.abc import RequestStore
+
+if TYPE_CHECKING:  # cluster mode's modules (and psycopg) load only in cluster mode
+    from daemon.cluster.fireclock import ClockJob, FireClock
+    from daemon.cluster.fires import ClusterFires
 
 FOLLOW_UP_JOB = "follow-ups"
 FOLLOW_UP_SECONDS = 5.0
@@ -66,24 +78,41 @@ def job_specs(config: Config) -> list[tuple[str, str, str, int]]:
 
 
 class Scheduler:
-    """Start with ``start()`` (after the watcher, before READY), stop with ``stop()``."""
+    """Start with ``start()`` (after the watcher, before READY), stop with ``stop()``.
+    One host: ``ledger`` given. Cluster mode: ``cluster`` given (``ledger`` unused)."""
 
-    def __init__(self, config: Config, layout: Layout, ledger: RequestStore,
-                 stop: threading.Event) -> None:
+    def __init__(self, config: Config, layout: Layout, ledger: RequestStore | None,
+                 stop: threading.Event, *, cluster: ClusterFires | None = None) -> None:
         self.config = config
         self.layout = layout
-        self.ledger = ledger
-        self.state = SchedulerState(layout.state / FILE)
-        self.producer = Producer(config, layout, self.state, ledger)
         self.schedules = {job_id(s.name): s for s in config.schedules}
+        self.cluster = cluster
+        drops: Drops
+        listing: Listing
+        if cluster is None:
+            assert ledger is not None, "one host: the scheduler needs the ledger"
+            self.ledger = ledger
+            self.state = SchedulerState(layout.state / FILE)
+            self.producer = Producer(config, layout, self.state, ledger)
+            drops, listing = self.producer, settled_requests
+        else:
+            drops, listing = cluster, cluster.settled
         self.window = None if config.reruns is None else \
-            RerunWindow(config.reruns, layout, self.producer, stop)
+            RerunWindow(config.reruns, layout, drops, stop, listing)
         self._aps: BackgroundScheduler | None = None
+        self._clock: FireClock | None = None
 
     def start(self) -> None:
         """Repair what a crash interrupted, load the jobs (keeping their saved next run
         times), and start APScheduler's thread. Nothing runs without schedules or
-        reruns. Raises ``OSError`` if ``state/`` cannot be written."""
+        reruns. Raises ``OSError`` if ``state/`` cannot be written. In cluster mode:
+        start the fire clock instead."""
+        if self.cluster is not None:
+            from daemon.cluster.fireclock import FireClock
+
+            self._clock = FireClock(self.cluster, self._clock_jobs())
+            self._clock.start()
+            return
         self.producer.recover()
         specs = self._specs()
         if not specs:
@@ -107,6 +136,11 @@ class Scheduler:
 
     def stop(self) -> None:
         """Stop firing. A fire in progress finishes first (a window stops early)."""
+        if self._clock is not None:
+            self._clock.stop()
+            self._clock = None
+        if self.cluster is not None:
+            return
         if self._aps is not None:
             self._aps.shutdown(wait=False)
             self._aps = None
@@ -124,6 +158,19 @@ class Scheduler:
             specs.append(JobSpec(FOLLOW_UP_JOB, IntervalTrigger(seconds=FOLLOW_UP_SECONDS),
                                  self._follow_up, None))
         return specs
+
+    def _clock_jobs(self) -> list[ClockJob]:
+        """The cron jobs as the cluster's fire clock runs them (the follow-up of
+        deferred analyses is single-host only for now)."""
+        from daemon.cluster.fireclock import ClockJob
+
+        jobs = [ClockJob(job_id(s.name), s.cron, s.timezone, s.misfire_grace,
+                         request=partial(_fire_request, s)) for s in self.schedules.values()]
+        if self.window is not None and self.config.reruns is not None:
+            r = self.config.reruns
+            jobs.append(ClockJob(RERUNS_JOB, r.cron, r.timezone, r.misfire_grace,
+                                 then=self.window))
+        return jobs
 
     def _add(self, aps: BackgroundScheduler, spec: JobSpec, saved: SavedJob | None) -> None:
         """Add ``spec``, due when the store says it is: a saved next run time in the
@@ -175,6 +222,11 @@ class Scheduler:
         if schedule is not None:
             return schedule.misfire_grace
         return self.config.reruns.misfire_grace if self.config.reruns else 0
+
+
+def _fire_request(schedule: ScheduleConfig, fire_time: datetime) -> tuple[str, dict[str, Any]]:
+    """What ``schedule`` produces at ``fire_time``: its request's name and content."""
+    return request_name(schedule.name, fire_time), scheduled_request(schedule, fire_time)
 
 
 def missed_fires(trigger: BaseTrigger, first: datetime, now: datetime) -> tuple[int, datetime]:

@@ -34,10 +34,11 @@ NAME = "prod-to-qa.json"
 
 
 @contextmanager
-def two_platforms(tmp_path: Path, scans: int, seed: int = 21
+def two_platforms(tmp_path: Path, scans: int, seed: int = 21, keep_unknown_keys: bool = True
                   ) -> Iterator[tuple[RefServer, RefServer, list[int], int]]:
     """prod seeded with ``scans`` scans, an empty qa: (prod, qa, scan IDs, qa store)."""
-    with ref_server(tmp_path, "prod") as prod, ref_server(tmp_path, "qa") as qa:
+    with ref_server(tmp_path, "prod") as prod, \
+            ref_server(tmp_path, "qa", keep_unknown_keys=keep_unknown_keys) as qa:
         seeded = prod.seed(scans=scans, files_per_scan=2, file_size=(800, 2_500), seed=seed)
         store = qa.seed(scans=0).store_ids[1]
         yield prod, qa, list(seeded.scan_ids), store
@@ -82,7 +83,7 @@ def open_stage_jobs(cluster: ClusterRoot) -> list[tuple[Any, ...]]:
 
 
 def assert_exactly_once(cluster: ClusterRoot, qa: RefServer, ids: list[int], store: int,
-                        result: dict[str, Any]) -> None:
+                        result: dict[str, Any], markers_kept: bool = True) -> None:
     """One target scan per source scan on qa, the mapping complete and true, the ledger
     and the run's own duplicate check agreeing."""
     counts = per_source(qa)
@@ -93,7 +94,8 @@ def assert_exactly_once(cluster: ClusterRoot, qa: RefServer, ids: list[int], sto
     assert sorted(qa.created_scan_ids()) == sorted(s["id"] for s in scans), \
         "a create committed twice"
     assert {s["store_id"] for s in scans} == {store}
-    assert {s["marker"] for s in scans} == {f"prod:{i}:{store}" for i in ids}
+    markers = {s["marker"] for s in scans}
+    assert markers == ({f"prod:{i}:{store}" for i in ids} if markers_kept else {None})
     rows = mapping_rows(cluster.root / result["run_dir"])
     assert sorted(int(r["Source_Scan_ID"]) for r in rows) == sorted(ids)
     assert {r["status"] for r in rows} == {"ok"}
@@ -128,15 +130,18 @@ FAULT_RATE = 0.15
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
+@pytest.mark.parametrize("keep_unknown_keys", [True, False], ids=["keeps-marker", "drops-marker"])
 def test_500_scans_over_three_hosts_with_faults_and_ten_kills_end_exactly_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, keep_unknown_keys: bool) -> None:
     """Issue 15, test 4. 500 scans prod → qa in batches of 25 over three hosts, 15 %
     transient faults of every kind and resets after committed creates; ``kill -9`` of
     a random host at ten random moments spread over the run (each restarted, as
     systemd would). Exactly one target scan per source scan, the mapping complete, the
-    request done once, every batch done, no stage job left todo or doing."""
+    request done once, every batch done, no stage job left todo or doing; against a
+    target that keeps the marker and one that drops it (the upload IDs alone)."""
     rng = random.Random(20261202)
-    with two_platforms(tmp_path, SCANS) as (prod, qa, ids, store):
+    with two_platforms(tmp_path, SCANS, keep_unknown_keys=keep_unknown_keys) as (
+            prod, qa, ids, store):
         for n, ref in enumerate((prod, qa)):
             ref.faults.timeout_sleep = 1.5  # the client gives up after 1 s
             ref.faults.set(rate=FAULT_RATE, seed=41 + n)
@@ -171,7 +176,7 @@ def test_500_scans_over_three_hosts_with_faults_and_ten_kills_end_exactly_once(
                                     " FROM batches")[0]
             assert folder == "done", (result["problems"], result["failed"][:5], result["counts"])
             assert_settled_once(cluster, result)
-            assert_exactly_once(cluster, qa, ids, store, result)
+            assert_exactly_once(cluster, qa, ids, store, result, keep_unknown_keys)
             stats = qa.stats.snapshot()
             assert not prod.errors and not qa.errors
     assert len(kills) == KILLS and all(0 < n < SCANS for _, n in kills), kills

@@ -235,6 +235,9 @@ class ScanCopier:
             with connection(self.target):
                 upload_id = self.target.upload_file(path, filename)
         except (PermanentError, TransientError) as exc:
+            if not path.exists():  # removed under us (a superseded execution of a batch
+                # cleaning up): download it again on the next try, not a lost scan
+                exc = TransientError(f"the local file of {ref.file_id} vanished: {exc}")
             raise StepFailed(Stage.UPLOAD, exc) from exc
         tally.uploads_ok += 1
         tally.files += 1
@@ -330,6 +333,10 @@ class ScanCopier:
         found for an unconfirmed create (this run's; for a plain copy, any run's)."""
         s = self.settings
         state = self.ledger.state(s.key(scan_id))
+        if state.copied_to is not None and state.copied_by == s.run_id:
+            # this run's own copy, made by another execution of its batch (a host that
+            # was paused or died after creating): a copy of this run, not an existing one
+            return _Made(state.copied_to, How.RECOVERED, marker)
         if not s.force and state.copied_to is not None:
             return _Made(state.copied_to, How.EXISTING, None)  # the ledger has it already
         ours = self.ctx.checkpoint.get(_keys(scan_id)[0])

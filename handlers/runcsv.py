@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +24,9 @@ class Row(Protocol):
 class RunCsv:
     def __init__(self, run_dir: Path, name: str, columns: Sequence[str]) -> None:
         self.path = run_dir / name
-        self._tmp = run_dir / f".{name}.part"
+        # A temp file of its own: two executions of one cluster batch (a paused host
+        # and the one that took over) must not write into the same file.
+        self._tmp = run_dir / f".{name}.{uuid.uuid4().hex[:8]}.part"
         self._file = self._tmp.open("w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._file)
         self._writer.writerow(columns)
@@ -41,3 +44,5 @@ class RunCsv:
         self._file.close()
         if kind is None:
             os.replace(self._tmp, self.path)
+        else:  # a resumed run writes the whole file anew
+            self._tmp.unlink(missing_ok=True)

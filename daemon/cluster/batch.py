@@ -23,7 +23,7 @@ from typing import Any
 from loguru import logger
 
 from daemon import logs
-from daemon.cluster import merge, rows, stages
+from daemon.cluster import fencing, merge, rows, stages
 from daemon.cluster.runtime import Again, Runtime
 from daemon.intake.claim import Claimed
 from daemon.outcomes import RunStatus
@@ -39,8 +39,8 @@ CRASH_ON_SCAN_ENV = "SCANRELAY_TEST_CRASH_ON_SCAN"
 
 def run_batch(rt: Runtime, job_id: int | None, run_id: str, number: int) -> None:
     owner = rt.owner_token(job_id)
+    claim = fencing.claim(rt, run_id, number, owner)
     with rt.pool.connection() as conn:
-        claim = stages.claim_batch(conn, run_id, number, owner, rt.host_id)
         row = rows.by_run(conn, run_id) if claim is not None else None
     if claim is None or row is None:
         return  # finished already (a late duplicate of this job)
@@ -59,9 +59,14 @@ def run_batch(rt: Runtime, job_id: int | None, run_id: str, number: int) -> None
         "scan_ids": claim.scan_ids, "select": None, "analyze": False})
     folder = run_dir if whole else merge.batch_dir(run_dir, number)
     folder.mkdir(parents=True, exist_ok=True)
-    with rt.executions.run(owner) as stop:
+    with rt.executions.run(owner) as stop, \
+            fencing.watch(rt, run_id, number, owner, stop, log) as watch:
         outcome = _execute(rt, row.claimed(rt.layout), sub, run_id, folder, number, owner,
                            stop, log)
+    if watch.superseded.is_set():  # another execution has it: not back to the queue
+        log.warning("batch {} was taken over by another execution; its result from here "
+                    "is dropped", number)
+        return
     if outcome.status is RunStatus.INTERRUPTED:
         with rt.pool.connection() as conn:
             stages.release_batch(conn, run_id, number, owner)

@@ -16,7 +16,7 @@ from typing import Any
 from loguru import logger
 
 from daemon import logs
-from daemon.cluster import merge, rows, stages
+from daemon.cluster import duplicates, merge, rows, stages
 from daemon.cluster.files import settled_as, under_name_lock
 from daemon.cluster.rows import RequestRow
 from daemon.cluster.runtime import Again, Runtime
@@ -87,6 +87,13 @@ def _settle(rt: Runtime, row: RequestRow, run_dir: Path, batches: list[dict[str,
         outcome = _whole_run_steps(rt, request, run_dir, state, stop, log, outcome, whole)
     except Interrupted:
         raise Again(f"settling {run_dir.name} interrupted: back to the queue") from None
+    if request.action == "copy" and outcome.status is not RunStatus.INVALID:
+        assert request.target is not None  # validated
+        field = getattr(rt.config.instances[request.target], "marker_field", None)
+        with rt.pool.connection() as conn:  # the post-run check: loud, never silent
+            outcome.result.extra["duplicates"] = duplicates.check(
+                conn, run_dir.name, request.target, rt.instances.get(request.target), field,
+                log)
     record(state, outcome)
     log.info("run finished: {} ({})", state.data["status"], state.data["counts"])
 

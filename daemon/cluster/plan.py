@@ -23,7 +23,7 @@ from daemon.intake.claim import Claimed, file_refusal
 from daemon.request import Request
 from daemon.runner import create_run_dir, prepare, run_base, unreadable
 from daemon.runsettle import settle_invalid
-from daemon.runstate import RunState
+from daemon.runstate import RunState, now_iso
 
 SPLIT_ACTIONS = ("copy", "download")
 
@@ -61,8 +61,10 @@ def plan(rt: Runtime, claim_id: str) -> None:
         return
     create_run_dir(claimed, request, run_dir)
     chunks = split(rt, request, log)
-    RunState(run_dir, run_base(claimed, request, run_dir.name)).update(
-        status="running", batches=len(chunks))
+    state = RunState(run_dir, run_base(claimed, request, run_dir.name))
+    # the run starts with its plan (its batches' own run.json say when each ran)
+    state.update(status="running", batches=len(chunks),
+                 started_at=state.data.get("started_at") or now_iso())
     with rt.pool.connection() as conn:
         if stages.commit_plan(conn, claim_id, run_dir.name, request.action, request.label,
                               chunks, rt.host_id):

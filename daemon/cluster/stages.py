@@ -52,14 +52,17 @@ def commit_plan(conn: psycopg.Connection[Any], claim_id: str, run_id: str, actio
 
 
 def claim_batch(conn: psycopg.Connection[Any], run_id: str, number: int, owner: str,
-                host_id: str) -> BatchClaim | None:
+                host_id: str, live_seconds: float = 0) -> BatchClaim | None:
     """Make ``owner`` the batch's execution (one more attempt); None if the batch is
-    finished already (a late duplicate of its job)."""
+    finished already (a late duplicate of its job), or if another execution runs it
+    and touched it (``fencing.watch``) within ``live_seconds``."""
     row = conn.execute(
         "UPDATE batches SET status = 'running', owner = %s, host_id = %s,"
         " attempts = attempts + 1, updated_at = now()"
-        " WHERE run_id = %s AND number = %s AND status IN ('pending', 'running')"
-        " RETURNING attempts, scan_ids", (owner, host_id, run_id, number)).fetchone()
+        " WHERE run_id = %s AND number = %s AND (status = 'pending' OR (status = 'running'"
+        " AND updated_at <= now() - make_interval(secs => %s)))"
+        " RETURNING attempts, scan_ids",
+        (owner, host_id, run_id, number, live_seconds)).fetchone()
     return None if row is None else BatchClaim(int(row[0]), list(row[1]))
 
 

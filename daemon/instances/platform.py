@@ -102,6 +102,11 @@ class PlatformInstance:
         """The scan whose create payload carried ``field_name == value``, if any."""
         return self.db.find_scan_by_marker(field_name, value)
 
+    def scans_by_markers(self, field_name: str, values: Sequence[str]) -> dict[str, list[int]]:
+        """Every scan whose create payload carried ``field_name`` = one of ``values``,
+        by value (a copy's post-run duplicate check)."""
+        return self.db.scans_by_markers(field_name, values)
+
     def find_scan_by_files(self, file_ids: Sequence[int]) -> int | None:
         """The scan created with any of these upload IDs (``scanfile``), if any."""
         return self.db.find_scan_by_files(file_ids)

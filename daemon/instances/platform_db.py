@@ -156,6 +156,14 @@ DEFAULT_SQL: dict[str, str] = {
         ORDER BY s.id
         LIMIT 1
     """,
+    # Every scan whose create payload carried %(field)s = one of %(ids)s (markers):
+    # the post-run duplicate check of a copy counts them per marker.
+    "scans_by_markers": """
+        SELECT s.provided_values -> '_raw_data' ->> %(field)s::text AS marker, s.id
+        FROM realograms_implementation_scan s
+        WHERE s.provided_values -> '_raw_data' ->> %(field)s::text = ANY(%(ids)s::text[])
+        ORDER BY s.id
+    """,
 }
 
 
@@ -230,6 +238,16 @@ class PlatformDb:
             return None
         rows = self.query("find_scan_by_files", {"ids": [int(i) for i in file_ids]})
         return int(rows[0]["id"]) if rows else None
+
+    def scans_by_markers(self, field_name: str, values: Sequence[str]) -> dict[str, list[int]]:
+        """The scans whose create payload had ``field_name`` = each of ``values`` (the
+        values found only), IDs ascending."""
+        found: dict[str, list[int]] = {}
+        for start in range(0, len(values), self.chunk_size):
+            chunk = list(values[start:start + self.chunk_size])
+            for row in self.query("scans_by_markers", {"field": field_name, "ids": chunk}):
+                found.setdefault(str(row["marker"]), []).append(int(row["id"]))
+        return found
 
     def query_ids(self, name: str, ids: Sequence[int],
                   params: Mapping[str, Any] | None = None) -> list[Row]:

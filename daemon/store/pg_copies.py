@@ -121,7 +121,12 @@ class PgCopyStore(LeaseMethods):
                     (*key.as_tuple(), marker, [int(i) for i in upload_ids]))
 
     def copied(self, key: CopyKey, marker: str, run_id: str, target_scan_id: int) -> None:
-        with pg.connection(self._pool, WHAT) as conn:
+        with pg.connection(self._pool, WHAT) as conn, conn.transaction():
+            # Every target scan recorded for a key, for the post-run duplicate check.
+            conn.execute(
+                "INSERT INTO copy_creates (source, source_scan_id, target, target_store_id,"
+                " target_scan_id, run_id) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING", (*key.as_tuple(), target_scan_id, run_id))
             conn.execute(
                 "INSERT INTO copies (source, source_scan_id, target, target_store_id, marker,"
                 " run_id, target_scan_id, copied_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"

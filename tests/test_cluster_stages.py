@@ -203,7 +203,7 @@ def test_a_stage_whose_job_failed_gets_one_new_job(dsn: str, tmp_path: Path) -> 
         conn.execute("DELETE FROM procrastinate_jobs WHERE id = %s", (plan_job,))
     with pg.open_pool(dsn, max_size=8) as pool:
         answers = race(3, lambda: redefer_stages(runtime(dsn, tmp_path, pool)))
-    assert sorted(answers) == [0, 0, 2]
+    assert sum(answers) == 2  # two stages, one new job each, whichever sweeper made it
     with connect(dsn) as conn:
         batch_jobs = [job_id for job_id, _ in jobs(conn, TASK_BATCH)]
         assert len(batch_jobs) == 3

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from daemon.demo import create_demo
+from daemon.instances.base import Instance, Scan
 
 DEMO_SCAN_IDS = list(range(1001, 1013))  # what create_demo puts into demo-source
 READY_LINE = "scanrelay watching"
@@ -286,3 +287,18 @@ def listing(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+class Counting:
+    """The source, counting which scans it was asked for."""
+
+    def __init__(self, inner: Instance) -> None:
+        self.inner = inner
+        self.asked: list[int] = []
+
+    def get_scans(self, ids: Sequence[int]) -> list[Scan]:
+        self.asked += ids
+        return self.inner.get_scans(ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -5,18 +5,17 @@ instances (real files)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from analysis_support import config_with, run_context
 from copy_support import mapping_rows
+from helpers import Counting
 
 from daemon.checkpoint import Checkpoint
 from daemon.demo import FIRST_SCAN_ID, create_demo
 from daemon.errors import Interrupted
-from daemon.instances.base import Instance, Scan
 from daemon.instances.registry import Instances
 from daemon.request import Request
 from handlers import copy
@@ -25,21 +24,6 @@ from handlers import copy
 # before the restart.
 SCANS, BATCH, DONE, STORE = 80, 8, 5, 77
 IDS = list(range(FIRST_SCAN_ID, FIRST_SCAN_ID + SCANS))
-
-
-class Counting:
-    """The source, counting which scans it was asked for."""
-
-    def __init__(self, inner: Instance) -> None:
-        self.inner = inner
-        self.asked: list[int] = []
-
-    def get_scans(self, ids: Sequence[int]) -> list[Scan]:
-        self.asked += ids
-        return self.inner.get_scans(ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def start(root: Path) -> tuple[Any, Counting, Instances]:

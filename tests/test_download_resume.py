@@ -7,15 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from analysis_support import config_with, run_context
+from helpers import Counting
 
 from daemon.errors import Interrupted
-from daemon.instances.base import Instance, Scan
 from daemon.instances.registry import Instances
 from daemon.request import Request
 from handlers import download
@@ -38,21 +37,6 @@ def write_source(root: Path) -> None:
             "id": scan_id, "store_id": 1, "status": "done", "has_report": False,
             "captured_at": "2026-11-20T10:00:00+00:00", "created_at": None,
             "provided_values": {}, "files": files, "details": None}))
-
-
-class Counting:
-    """The source, counting which scans it was asked for."""
-
-    def __init__(self, inner: Instance) -> None:
-        self.inner = inner
-        self.asked: list[int] = []
-
-    def get_scans(self, ids: Sequence[int]) -> list[Scan]:
-        self.asked += ids
-        return self.inner.get_scans(ids)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def start(tmp_path: Path) -> tuple[Any, Counting]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -52,10 +51,9 @@ from copy_throughput import (  # noqa: E402 - after the path is set
     check,
     child_env,
     instance_config,
-    reference_server,
+    open_bench,
     run_ceiling,
 )
-from source_server import SourceServer  # noqa: E402
 
 GOAL = 0.85
 DSN_ENV = "SCANRELAY_BENCH_CLUSTER_DSN"
@@ -159,18 +157,8 @@ def main() -> int:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="scanrelay-bench-cluster-") as tmp, \
             ExitStack() as stack:
-        password = secrets.token_urlsafe(16)  # one API user on both servers
-        prod = SourceServer(Path(tmp), password, {
-            "scans": args.scans, "files": args.files, "file_size": args.file_size,
-            "capacity": args.capacity, "latency": args.latency})
-        stack.callback(prod.close)
-        qa = stack.enter_context(reference_server(Path(tmp), "qa", password=password,
-                                                  processing_delay=3600))
-        stores = qa.seed(scans=0, stores=6).store_ids
-        qa.set_limits(args.capacity, args.latency, blob_max_concurrent=args.capacity,
-                      blob_latency=args.latency)
-        bench = Bench(args, prod, qa, prod.scan_ids, prod.wanted, list(stores), Path(tmp))
-        prod.set_faults(0.0, 7, 1.0)
+        bench = open_bench(args, Path(tmp), stack, target_stores=6)
+        bench.prod.set_faults(0.0, 7, 1.0)
         runs = (lambda: run_ceiling(bench, 0.0), lambda: run_cluster(bench, args.hosts),
                 lambda: run_cluster(bench, 1), lambda: run_ceiling(bench, 0.0))
         for run in runs:

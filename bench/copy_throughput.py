@@ -259,22 +259,31 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def open_bench(args: argparse.Namespace, tmp: Path, stack: ExitStack,
+               target_stores: int) -> Bench:
+    """The two platforms a copy benchmark runs against, closed with ``stack``: prod
+    (seeded, in a process of its own) and qa (``target_stores`` empty stores, never
+    processing a copy), both serving ``args.capacity`` calls at once, ``args.latency`` s
+    each."""
+    password = secrets.token_urlsafe(16)  # one API user on both servers
+    prod = SourceServer(tmp, password, {
+        "scans": args.scans, "files": args.files, "file_size": args.file_size,
+        "capacity": args.capacity, "latency": args.latency})
+    stack.callback(prod.close)
+    qa = stack.enter_context(reference_server(tmp, "qa", password=password,
+                                              processing_delay=3600))
+    stores = qa.seed(scans=0, stores=target_stores).store_ids
+    qa.set_limits(args.capacity, args.latency, blob_max_concurrent=args.capacity,
+                  blob_latency=args.latency)
+    return Bench(args, prod, qa, prod.scan_ids, prod.wanted, list(stores), tmp)
+
+
 def main() -> int:
     args = parse_args()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="scanrelay-bench-copy-") as tmp, \
             ExitStack() as stack:
-        password = secrets.token_urlsafe(16)  # one API user on both servers
-        prod = SourceServer(Path(tmp), password, {
-            "scans": args.scans, "files": args.files, "file_size": args.file_size,
-            "capacity": args.capacity, "latency": args.latency})
-        stack.callback(prod.close)
-        qa = stack.enter_context(reference_server(Path(tmp), "qa", password=password,
-                                                  processing_delay=3600))
-        stores = qa.seed(scans=0, stores=8).store_ids
-        qa.set_limits(args.capacity, args.latency, blob_max_concurrent=args.capacity,
-                      blob_latency=args.latency)
-        bench = Bench(args, prod, qa, prod.scan_ids, prod.wanted, list(stores), Path(tmp))
+        bench = open_bench(args, Path(tmp), stack, target_stores=8)
         for rate in (0.0, args.faults):
             condition(bench, rate)
     ok = report(bench.rows, args)

@@ -224,12 +224,18 @@ class Faults:
 class Gate:
     """Capacity and latency of one listener: at most ``max_concurrent`` requests are
     served at once (the excess waits), each after ``latency`` seconds. So the ideal
-    rate of a listener is ``max_concurrent / latency`` requests per second."""
+    rate of a listener is ``max_concurrent / latency`` requests per second.
+
+    ``peak`` is the most requests answered at once, each counted from its arrival until
+    its handler calls ``ready`` (the answer is decided) or leaves the slot. Not until
+    the answer is sent: a client that has read it may call again before this thread
+    has left the slot, and that call overlaps nothing on the client's side."""
 
     def __init__(self) -> None:
         self.max_concurrent: int | None = None
         self.latency = 0.0
         self.active = 0
+        self.answering = 0
         self.peak = 0
         self._cond = threading.Condition()
 
@@ -240,18 +246,31 @@ class Gate:
             self._cond.notify_all()
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
+    def slot(self) -> Iterator[Callable[[], None]]:
+        """Hold one of the listener's slots; yields ``ready``, to call once the answer
+        is decided."""
         with self._cond:
             while self.max_concurrent is not None and self.active >= self.max_concurrent:
                 self._cond.wait()
             self.active += 1
-            self.peak = max(self.peak, self.active)
+            self.answering += 1
+            self.peak = max(self.peak, self.answering)
             latency = self.latency
+        decided = False
+
+        def ready() -> None:
+            nonlocal decided
+            with self._cond:
+                if not decided:
+                    decided = True
+                    self.answering -= 1
+
         try:
             if latency > 0:
                 time.sleep(latency)
-            yield
+            yield ready
         finally:
+            ready()
             with self._cond:
                 self.active -= 1
                 self._cond.notify_all()

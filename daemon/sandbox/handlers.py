@@ -209,7 +209,7 @@ class ApiHandler(_Handler):
         client that has its answer also finds it in the counters and records."""
         endpoint, file_id = api.route(self.command, self.path)
         incoming: Incoming | None = None
-        with self.state.api_gate.slot():
+        with self.state.api_gate.slot() as ready:
             try:
                 incoming = self._read(endpoint, file_id)
                 answer = self._decide(incoming)
@@ -231,6 +231,7 @@ class ApiHandler(_Handler):
                         incoming.scan_id if incoming else None,
                     )
                 )
+            ready()
             self._send(answer)
 
     def _read(self, endpoint: Endpoint, file_id: int | None) -> Incoming:
@@ -316,7 +317,7 @@ class BlobHandler(_Handler):
         self.state.blob_requests.append(
             RecordedRequest(self.command, self.path, {k: v for k, v in self.headers.items()})
         )
-        with self.state.blob_gate.slot():
+        with self.state.blob_gate.slot() as ready:
             try:
                 self._reader().drain()
                 answer = self._decide()
@@ -325,6 +326,7 @@ class BlobHandler(_Handler):
             except Exception:
                 answer = self._internal_error()
             self.state.stats.record(Endpoint.BLOB, answer.label)
+            ready()
             self._send(answer)
 
     do_HEAD = do_GET

@@ -304,3 +304,51 @@ def test_a_paused_host_mid_batch_creates_no_duplicate(tmp_path: Path) -> None:
     print(f"\npaused {PAUSED} {seconds:.1f} s holding batches {held}; taken over: {taken}; "
           f"fenced lines: {log.count('was taken over by another execution')}, "
           f"lost leases: {log.count('lost the copy lease')}")
+
+
+LIMIT = 4  # max_connections of each instance, for the whole cluster
+
+
+def live_leases(cluster: ClusterRoot, instance: str) -> dict[str, int]:
+    """Live slot leases of ``instance`` by host (the server's clock)."""
+    rows = cluster.query("SELECT host_id, count(*) FROM slot_leases WHERE instance = %s"
+                         " AND expires_at > now() GROUP BY host_id", (instance,))
+    return dict(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_three_daemon_hosts_keep_each_instance_within_max_connections(
+        tmp_path: Path) -> None:
+    """Issue 15, test 8 with whole daemons: a copy over three hosts, every instance at
+    ``max_connections`` 4 for the cluster, every call 50 ms. Each listener of prod and
+    qa never serves more than 4 calls at once, and qa's API does serve 4 (the limit is
+    used, not just kept); a host killed mid-run leaves its slots to the others once its
+    leases expire, and the copy completes exactly once."""
+    lease = 3.0
+    with two_platforms(tmp_path, 150, seed=17) as (prod, qa, ids, store):
+        for ref in (prod, qa):
+            ref.set_limits(latency=0.05, blob_latency=0.05)
+        with cluster_of(tmp_path, prod, qa, cluster={
+                "batch_size": 10, "slot_lease_seconds": lease},
+                max_connections=LIMIT) as cluster:
+            cluster.start()
+            drop(cluster.root / "inbox", NAME, copy_request("prod", "qa", store, ids))
+            wait_for(lambda: recorded(cluster) >= 30, 120, cluster, "30 copies recorded")
+            victim = max(live_leases(cluster, "qa").items(), key=lambda kv: kv[1])[0]
+            cluster.daemon(victim).kill()
+            killed = time.monotonic()
+            wait_for(lambda: victim not in live_leases(cluster, "qa")
+                     and sum(live_leases(cluster, "qa").values()) == LIMIT,
+                     2 * lease + 5, cluster, "the others lease the killed host's slots")
+            taken_over = time.monotonic() - killed
+            folder, result = wait_settled(cluster.root, [NAME], timeout=300)[NAME]
+            cluster.stop()
+            assert folder == "done", result
+            assert_exactly_once(cluster, qa, ids, store, result)
+        peaks = {(name, listener): gate.peak for name, ref in (("prod", prod), ("qa", qa))
+                 for listener, gate in (("api", ref.api_gate), ("blob", ref.blob_gate))}
+    assert all(peak <= LIMIT for peak in peaks.values()), peaks
+    assert peaks[("qa", "api")] == LIMIT, peaks
+    assert taken_over <= lease + 5, taken_over
+    print(f"\npeaks {peaks}; the killed host's slots taken over after {taken_over:.1f} s")

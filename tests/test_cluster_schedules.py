@@ -208,3 +208,51 @@ def test_three_daemon_hosts_fire_once_and_run_every_fire(tmp_path: Path) -> None
 def fired_names(dsn: str) -> list[str]:
     return [request_name(SCHEDULES[job], r[0]) for job in SCHEDULES
             for r in fire_rows(dsn, job) if r[1] == "fired"]
+
+
+# ---- test 7 at full length -----------------------------------------------------------
+
+MINUTE, MINUTE_GRACE = "schedule:minute", 20
+
+
+@pytest.mark.slow
+def test_a_one_minute_schedule_for_ten_minutes_on_three_daemon_hosts(tmp_path: Path) -> None:
+    """Issue 15, test 7 as written: ``* * * * *`` on three daemons (one 3 minutes ahead)
+    for ten minutes: exactly ten fires, one a minute, the host that made the third killed
+    (-9) and started again. Then all down past the grace: one ``missed``, and the next
+    minute fires. Every fire's request runs once."""
+    minute = {"name": "minute", "cron": "* * * * *", "timezone": "UTC",
+              "misfire_grace": MINUTE_GRACE, "request": REQUEST}
+    one_minute = timedelta(minutes=1)
+    with ClusterRoot(tmp_path, hosts=3, env={"host-3": faketime_env(SHIFT_SECONDS)},
+                     schedules=[minute], log={"level": "INFO"}) as cluster:
+        dsn = cluster.dsn
+        try:
+            began = db_now(dsn)
+            cluster.start()
+            third = wait_for("3 fires", lambda: fired_after(dsn, MINUTE, began, 3), 4 * 60)
+            victim = third[-1][3]
+            cluster.daemon(victim).kill()
+            cluster.start(victim)
+            ten = wait_for("10 fires", lambda: fired_after(dsn, MINUTE, began, 10), 8 * 60)
+            for host in cluster.hosts:
+                cluster.daemon(host).kill()
+            down = ten[-1][0] + one_minute  # no host is up when it is due
+            time.sleep((down - db_now(dsn)).total_seconds() + MINUTE_GRACE + 3)
+            cluster.start()
+            wait_for("the minute after", lambda: fired_after(dsn, MINUTE, down, 1), 60 + 20)
+            names = [request_name("minute", r[0]) for r in fire_rows(dsn, MINUTE)
+                     if r[1] == "fired"]
+            settled = wait_settled(cluster.root, names, timeout=120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{cluster.logs(tail=200)}") from None
+        rows = fire_rows(dsn, MINUTE)
+    fired = [r[0] for r in rows if r[1] == "fired"]
+    assert fired[:10] == [fired[0] + n * one_minute for n in range(10)], fired
+    assert [(r[0], r[1]) for r in rows[10:]] == [(down, "missed"), (down + one_minute, "fired")]
+    assert len({r[3] for r in rows[:10]}) >= 2, "the fires were not all one host's"
+    assert all(r[4] >= r[0] for r in rows if r[1] == "fired"), "a fire came before due"
+    assert all(folder == "done" for folder, _ in settled.values()), settled
+    done = sorted(p.name for p in (cluster.root / "done").glob("schedule-*.json")
+                  if ".json." not in p.name)
+    assert done == sorted(names), "each fire's request ran once"

@@ -216,6 +216,7 @@ MINUTE, MINUTE_GRACE = "schedule:minute", 20
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_one_minute_schedule_for_ten_minutes_on_three_daemon_hosts(tmp_path: Path) -> None:
     """Issue 15, test 7 as written: ``* * * * *`` on three daemons (one 3 minutes ahead)
     for ten minutes: exactly ten fires, one a minute, the host that made the third killed

@@ -462,6 +462,32 @@ def test_each_recognition_outcome_gives_its_comment(
     assert row["has_report"] == (outcome != Outcome.NO_REPORT)
 
 
+def test_a_later_scan_of_the_same_store_planogram_and_day_sets_its_figures(
+    client: Client, seeded: SeedResult, target: RefServer
+) -> None:
+    """One row of POG and OSA % per store planogram and day, the latest processed scan's:
+    a first copy recognised as the same, then a second of the same source and day with a
+    higher POG %. The first now reads the higher figures, and its ground truth says so."""
+    source = next(s for s in seeded.scan_ids if not seeded.truths[s].values.is_additional)
+    dst = Client(target)
+    dst.login()
+    target.processing.force(source, Outcome.SAME)
+    first = copy_scan(client, dst, source, store=1)
+    target.wait_processed(timeout=10)
+    assert target.recognition(first).expected_comment == "No Issues"
+    target.processing.force(source, Outcome.HIGHER_POG)
+    second = copy_scan(client, dst, source, store=1)
+    target.wait_processed(timeout=10)
+    src = client.srv.scan_details(source)
+    assert src is not None
+    for scan_id in (first, second):
+        details = target.scan_details(scan_id)
+        assert details is not None
+        read = comment_for(ReportValues.from_details(src), ReportValues.from_details(details))
+        assert read == target.recognition(scan_id).expected_comment == \
+            "Target Has Higher POG% Than Source", scan_id
+
+
 def test_section_not_found_is_processed_without_a_report_of_its_section(
     client: Client, seeded: SeedResult, target: RefServer
 ) -> None:

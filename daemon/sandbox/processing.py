@@ -17,6 +17,7 @@ import heapq
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -243,12 +244,33 @@ def _one_day_figures(reports: list[tuple[int | None, Target]]) -> list[tuple[int
     for spid, target in reports:
         if spid is not None:
             shared = first.setdefault(spid, target.values)
-            target = replace(target, values=replace(
-                target.values, pre_compliance=shared.pre_compliance,
-                post_compliance=shared.post_compliance, pre_osa=shared.pre_osa,
-                post_osa=shared.post_osa))
+            target = replace(target, values=_with_day_figures(target.values, shared))
         out.append((spid, target))
     return out
+
+
+def share_day_figures(latest: Recognition, others: Iterable[Recognition]) -> None:
+    """The platform keeps one row of POG and OSA % per store planogram and day, and the
+    latest processed scan's figures replace it: the reports of earlier scans of that
+    store planogram and day now read those figures, so their ground truth does too."""
+    day = scan_date(latest.payload).date()
+    figures = {a.store_planogram_id: a.values for a in latest.applied_all
+               if a.store_planogram_id is not None}
+    for rec in others:
+        if rec is latest or not rec.applied_all or scan_date(rec.payload).date() != day:
+            continue
+        rec.applied_all = tuple(
+            a if a.store_planogram_id not in figures else replace(
+                a, values=_with_day_figures(a.values, figures[a.store_planogram_id]))
+            for a in rec.applied_all)
+        rec.applied = rec.applied_all[0]
+
+
+def _with_day_figures(values: ReportValues, day: ReportValues) -> ReportValues:
+    """``values`` with the POG and OSA % of ``day`` (its store planogram's row)."""
+    return replace(values, pre_compliance=day.pre_compliance,
+                   post_compliance=day.post_compliance, pre_osa=day.pre_osa,
+                   post_osa=day.post_osa)
 
 
 MAP_BY = ("majority", "section", "store_planogram")
@@ -385,6 +407,8 @@ class Processor:
             try:
                 with self.pool.connection() as conn:
                     apply(conn, rec, self.policy.seed)
+                with self._cond:
+                    share_day_figures(rec, self._recognitions.values())
                 rec.processed = True
             except Exception as exc:  # recorded for tests; the thread must go on
                 self.errors.append(f"scan {scan_id}: {exc!r}")

@@ -290,6 +290,9 @@ def measure(server: Any, target: Target, repeat: int, base: Path) -> Figures:
 
     for n in range(repeat):  # alternate who goes first: neither inherits the other's cache
         for step in ((fetch, curl) if n % 2 == 0 else (curl, fetch)):
+            # Nothing dirty left to write back: a download of 1 GiB just before would
+            # otherwise throttle the next one's writes, whoever it is.
+            os.sync()
             step()
     return figures
 

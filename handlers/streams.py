@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from daemon.errors import Interrupted
 
 CHUNK = 1024 * 1024
-THREAD_HASH_BYTES = 64 * 1024  # smaller chunks are hashed at once: a hand-over costs more
-HASH_THREADS = 16  # at most one per transfer in flight; more transfers wait their turn
 
 
 class HashingSink:
@@ -22,43 +18,29 @@ class HashingSink:
     ``Interrupted`` when the daemon stops, so even a huge transfer yields within a chunk.
     An instance that retries rewinds with ``seek(0)`` + ``truncate()``: the hash restarts.
 
-    A chunk is hashed on a helper thread while the caller writes it and receives the
-    next one (hashlib and file writes release the GIL): a download takes about the
-    longer of receiving and hashing, not their sum. One chunk at most is in flight, so
-    order and memory are kept."""
+    Hashing happens in the caller's thread. A helper thread that hashed one chunk while
+    the next arrived was measured slower (two cores, the server beside it: 72-79 % of
+    curl at 1 MiB, 53-61 % at 100 MiB, against 87-91 % and 70-75 % inline)."""
 
     def __init__(self, file: BinaryIO, stop: threading.Event) -> None:
         self._file = file
         self._stop = stop
         self._hash = hashlib.sha256()
-        self._pending: Future[None] | None = None
         self.size = 0
         self.head = b""
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._stop.is_set():
             raise Interrupted("stopping during a transfer")
-        data = bytes(data)  # a no-op for bytes; a buffer the caller reuses is copied
         if self.size < 16:
-            self.head = (self.head + data)[:16]
-        self._hashed()
-        if len(data) >= THREAD_HASH_BYTES:
-            self._pending = _hashers().submit(self._hash.update, data)
-        else:
-            self._hash.update(data)
+            self.head = (self.head + bytes(data[:16]))[:16]
+        self._hash.update(data)
         self.size += len(data)
         return self._file.write(data)
-
-    def _hashed(self) -> None:
-        """Wait until every chunk written so far is hashed."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if (offset, whence) != (0, os.SEEK_SET):
             raise OSError("a hashing sink can only rewind to the start")
-        self._hashed()
         self._hash = hashlib.sha256()
         self.size = 0
         self.head = b""
@@ -75,17 +57,10 @@ class HashingSink:
 
     @property
     def sha256(self) -> str:
-        self._hashed()
         return self._hash.hexdigest()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
-
-
-@functools.cache
-def _hashers() -> ThreadPoolExecutor:
-    """The helper threads of every sink (created on first use, as many as needed)."""
-    return ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="sha256")
 
 
 def sha256_of(path: Path) -> str:

@@ -13,12 +13,14 @@ import requests
 
 from daemon.errors import Interrupted
 from daemon.instances.sessions import EnvOnceSession
-from handlers.streams import THREAD_HASH_BYTES, HashingSink
+from handlers.streams import HashingSink
+
+CHUNK = 64 * 1024
 
 
 def test_sink_hashes_and_writes_every_chunk_in_order(tmp_path: Path) -> None:
     chunks = [bytes([n]) * size for n, size in
-              enumerate([5, THREAD_HASH_BYTES, 3 * THREAD_HASH_BYTES + 1, 1, 1 << 20])]
+              enumerate([5, CHUNK, 3 * CHUNK + 1, 1, 1 << 20])]
     with (tmp_path / "f").open("w+b") as f:
         sink = HashingSink(f, threading.Event())
         for chunk in chunks:
@@ -32,27 +34,27 @@ def test_sink_hashes_and_writes_every_chunk_in_order(tmp_path: Path) -> None:
 
 def test_sink_copies_a_buffer_the_caller_reuses() -> None:
     sink = HashingSink(io.BytesIO(), threading.Event())
-    buffer = bytearray(b"a" * (2 * THREAD_HASH_BYTES))
+    buffer = bytearray(b"a" * (2 * CHUNK))
     sink.write(buffer)
     buffer[:] = b"b" * len(buffer)  # as a reader reusing its buffer would, at once
-    assert sink.sha256 == hashlib.sha256(b"a" * (2 * THREAD_HASH_BYTES)).hexdigest()
+    assert sink.sha256 == hashlib.sha256(b"a" * (2 * CHUNK)).hexdigest()
 
 
 def test_sink_rewind_restarts_the_hash() -> None:
     raw = io.BytesIO()
     sink = HashingSink(raw, threading.Event())
-    sink.write(b"x" * (4 * THREAD_HASH_BYTES))
+    sink.write(b"x" * (4 * CHUNK))
     sink.seek(0)
     sink.truncate()
-    sink.write(b"y" * THREAD_HASH_BYTES)
-    assert sink.sha256 == hashlib.sha256(b"y" * THREAD_HASH_BYTES).hexdigest()
-    assert raw.getvalue() == b"y" * THREAD_HASH_BYTES and sink.size == THREAD_HASH_BYTES
+    sink.write(b"y" * CHUNK)
+    assert sink.sha256 == hashlib.sha256(b"y" * CHUNK).hexdigest()
+    assert raw.getvalue() == b"y" * CHUNK and sink.size == CHUNK
 
 
 def test_sink_stops_within_a_chunk() -> None:
     stop = threading.Event()
     sink = HashingSink(io.BytesIO(), stop)
-    sink.write(b"z" * THREAD_HASH_BYTES)
+    sink.write(b"z" * CHUNK)
     stop.set()
     with pytest.raises(Interrupted):
         sink.write(b"z")

@@ -44,7 +44,7 @@ DEFAULT_API_PATHS: dict[str, str] = {
     "upload": "/api/v4/processing/upload/",
     "create_scan": "/api/v4/processing/actions/",
 }
-CHUNK_BYTES = 256 * 1024  # several chunks per MiB: hashing one overlaps receiving the next
+CHUNK_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT = 10.0
 DEFAULT_PORTS = {"http": 80, "https": 443}

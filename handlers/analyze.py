@@ -28,7 +28,6 @@ from typing import Any
 import pandas as pd
 from loguru import logger
 
-from daemon.errors import TransientError
 from daemon.fsutil import atomic_writer
 from daemon.instances.base import Instance
 from handlers.analysis.compare import comment_counts, compare, pairs_frame, scan_counts
@@ -37,7 +36,6 @@ from handlers.analysis.model import SCAN_ID, SOURCE_ID, TARGET_ID
 from handlers.analysis.pairs import resolve_pairs
 from handlers.analysis.report import write_workbook
 from handlers.base import HandlerResult, ItemResult, ItemStatus, RunContext
-from handlers.copy_analysis import wait_processed
 
 SOURCE_DETAILS, TARGET_DETAILS = "source_scandetails.csv", "target_scandetails.csv"
 ANALYSIS_CSV, ANALYSIS_XLSX = "analysis.csv", "analysis.xlsx"
@@ -72,8 +70,6 @@ def run(ctx: RunContext) -> HandlerResult:
     assert request.source is not None and request.target is not None  # validated
     pairs = resolve_pairs(request, ctx.run_dir.parent)
     source, target = ctx.instance(request.source), ctx.instance(request.target)
-    if request.from_run:
-        require_processed(ctx, target, pairs)
     analysis = analyse(ctx, source, target, pairs, report_progress=True)
     result = HandlerResult(counts={"pairs": len(pairs), "analysed": analysis.pairs},
                            extra={"analysis": analysis.summary()})
@@ -84,21 +80,6 @@ def run(ctx: RunContext) -> HandlerResult:
             result.add(ItemResult(source_id, ItemStatus.FAILED,
                                   f"source scan {source_id} not found in {source.name}"))
     return result
-
-
-def require_processed(ctx: RunContext, target: Instance,
-                      pairs: Sequence[tuple[int, int | None]]) -> None:
-    """A deferred analysis (``from_run``) compares what the target made of the copies:
-    it waits for them as the copy did (``copy.wait_for_processing``). Compared
-    unprocessed, they would give wrong comments; so, still unprocessed, the run fails
-    transiently and the next rerun window tries again."""
-    targets = sorted({t for _, t in pairs if t is not None})
-    pending = wait_processed(ctx, target, targets)
-    if pending:
-        bound = ctx.config.copy_.wait_for_processing
-        raise TransientError(f"{len(pending)} of {len(targets)} target scans of "
-                             f"{target.name} are still not processed after {bound:g} s; "
-                             "the next rerun window tries again")
 
 
 def analyze_pairs(ctx: RunContext, source: Instance, target: Instance,

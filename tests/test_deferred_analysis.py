@@ -150,30 +150,3 @@ def test_copy_past_its_wait_bound_completes_and_is_analysed_at_the_window(
         assert row["comment"] == expected, row
 
 
-
-@pytest.mark.slow
-def test_a_deferred_analysis_of_unprocessed_copies_fails_transiently(
-        ref: RefServer, tmp_path: Path) -> None:
-    """An analysis with ``from_run`` whose target scans are still not processed after
-    the wait bound compares nothing: it fails transiently (the rerun window tries again),
-    saying why; once they are processed, the same request is analysed."""
-    seeded = ref.seed(scans=2, files_per_scan=1, file_size=2_000, seed=4)
-    ref.processing_delay = 3600.0
-    root = chain_root(tmp_path, ref, datetime.now(UTC) + timedelta(hours=12))
-    request = {"action": "copy", "source": "prod", "target": "qa", "analyze": True,
-               "target_store_id": seeded.store_ids[-1], "scan_ids": seeded.scan_ids}
-    with DaemonProcess(root, env=daemon_env(ref)):
-        drop(root / "inbox", "copy.json", json.dumps(request))
-        _, copied = wait_settled(root, ["copy.json"], timeout=30)["copy.json"]
-        analyze = json.dumps({"action": "analyze", "source": "prod", "target": "qa",
-                              "from_run": copied["run_id"]})
-        drop(root / "inbox", "early.json", analyze)
-        early_folder, early = wait_settled(root, ["early.json"], timeout=30)["early.json"]
-        ref.process_now()
-        drop(root / "inbox", "later.json", analyze)
-        later_folder, later = wait_settled(root, ["later.json"], timeout=30)["later.json"]
-    assert copied["analysis"]["status"] == "deferred", copied
-    assert (early_folder, early["status"], early["transient"]) == ("failed", "failed", True)
-    assert "2 of 2 target scans of qa are still not processed" in json.dumps(early), early
-    assert (later_folder, later["status"]) == ("done", "done"), later
-    assert later["analysis"]["pairs"] == 2

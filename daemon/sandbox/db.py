@@ -225,10 +225,15 @@ def write_reports(conn: Conn, *, scan_id: int, reports: Sequence[Report],
     return realogram_id
 
 
+MAJORITY_WINDOW = 1000  # scans a majority-v2 log row lists at most: the latest ones
+
+
 def log_majority(conn: Conn, store_planogram_id: int, scan_id: int,
                  map_by: str | None) -> None:
     """A new newest majority-v2 log row of the store planogram: the newest row's data,
-    plus ``scan_id`` when ``map_by`` is given."""
+    plus ``scan_id`` when ``map_by`` is given, of the latest ``MAJORITY_WINDOW`` scans
+    (a row of every scan ever would make each processing slower than the last: 100,000
+    copies into one store took quadratic time)."""
     row = conn.execute(
         "SELECT data FROM planograms_compliance_majorityv2log WHERE store_planogram_id = %s"
         " ORDER BY scan_created_date DESC, id DESC LIMIT 1", (store_planogram_id,)
@@ -236,6 +241,9 @@ def log_majority(conn: Conn, store_planogram_id: int, scan_id: int,
     data = dict(row[0]) if row else {}
     if map_by is not None:
         data[str(scan_id)] = {"map_by": map_by}
+    if len(data) > MAJORITY_WINDOW:
+        latest = sorted(data, key=int)[-MAJORITY_WINDOW:]  # scan IDs grow with time
+        data = {key: data[key] for key in latest}
     conn.execute(
         "INSERT INTO planograms_compliance_majorityv2log (store_planogram_id,"
         " scan_created_date, data) VALUES (%s, clock_timestamp(), %s)",

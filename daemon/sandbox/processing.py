@@ -17,9 +17,8 @@ import heapq
 import random
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -249,21 +248,32 @@ def _one_day_figures(reports: list[tuple[int | None, Target]]) -> list[tuple[int
     return out
 
 
-def share_day_figures(latest: Recognition, others: Iterable[Recognition]) -> None:
-    """The platform keeps one row of POG and OSA % per store planogram and day, and the
-    latest processed scan's figures replace it: the reports of earlier scans of that
-    store planogram and day now read those figures, so their ground truth does too."""
-    day = scan_date(latest.payload).date()
-    figures = {a.store_planogram_id: a.values for a in latest.applied_all
-               if a.store_planogram_id is not None}
-    for rec in others:
-        if rec is latest or not rec.applied_all or scan_date(rec.payload).date() != day:
-            continue
-        rec.applied_all = tuple(
-            a if a.store_planogram_id not in figures else replace(
-                a, values=_with_day_figures(a.values, figures[a.store_planogram_id]))
-            for a in rec.applied_all)
-        rec.applied = rec.applied_all[0]
+DayKey = tuple[int, date]  # (store planogram ID, day)
+
+
+def day_figures(rec: Recognition) -> dict[DayKey, ReportValues]:
+    """The figures ``rec``'s processing wrote, by store planogram and day: the platform
+    keeps one row of POG and OSA % per store planogram and day, the latest scan's."""
+    day = scan_date(rec.payload).date()
+    return {(a.store_planogram_id, day): a.values for a in rec.applied_all
+            if a.store_planogram_id is not None}
+
+
+def with_current_figures(rec: Recognition, figures: dict[DayKey, ReportValues]) -> Recognition:
+    """``rec`` with the figures its reports read now: a later scan of the same store
+    planogram and day replaced them, so its ground truth follows."""
+    day = scan_date(rec.payload).date()
+
+    def now(report: AppliedReport) -> AppliedReport:
+        spid = report.store_planogram_id
+        latest = figures.get((spid, day)) if spid is not None else None
+        return report if latest is None else replace(
+            report, values=_with_day_figures(report.values, latest))
+
+    current = tuple(now(a) for a in rec.applied_all)
+    if current != rec.applied_all:
+        rec.applied_all, rec.applied = current, current[0]
+    return rec
 
 
 def _with_day_figures(values: ReportValues, day: ReportValues) -> ReportValues:
@@ -320,6 +330,7 @@ class Processor:
         self.policy = RecognitionPolicy()
         self.errors: list[str] = []
         self._recognitions: dict[int, Recognition] = {}
+        self._figures: dict[DayKey, ReportValues] = {}  # the latest, per store planogram and day
         self._due: list[tuple[float, int]] = []
         self._busy = 0
         self._cond = threading.Condition()
@@ -360,10 +371,13 @@ class Processor:
             self._cond.notify_all()
 
     def recognition(self, scan_id: int) -> Recognition:
-        return self._recognitions[scan_id]
+        with self._cond:
+            return with_current_figures(self._recognitions[scan_id], self._figures)
 
     def recognitions(self) -> dict[int, Recognition]:
-        return dict(self._recognitions)
+        with self._cond:
+            return {scan_id: with_current_figures(rec, self._figures)
+                    for scan_id, rec in self._recognitions.items()}
 
     def flush(self) -> None:
         """Make everything pending due now."""
@@ -408,7 +422,7 @@ class Processor:
                 with self.pool.connection() as conn:
                     apply(conn, rec, self.policy.seed)
                 with self._cond:
-                    share_day_figures(rec, self._recognitions.values())
+                    self._figures.update(day_figures(rec))
                 rec.processed = True
             except Exception as exc:  # recorded for tests; the thread must go on
                 self.errors.append(f"scan {scan_id}: {exc!r}")

@@ -73,16 +73,33 @@ def start_and_stop_before(root: Path, fire: datetime) -> None:
     assert datetime.now(UTC) < fire, "the daemon took too long to start and stop"
 
 
+def every_two_seconds(fires: int) -> str:
+    """A cron that fires ``fires`` times, every 2 s, from 10 s from now (the daemon has
+    started by then), then never again today: the test reads the schedule's last fire
+    once all have run."""
+    start = soon(10)
+    if start.second + 2 * fires > 59:  # keep them in one minute: wait for the next
+        sleep_until(start.replace(second=0) + timedelta(minutes=1) - timedelta(seconds=10))
+        start = soon(10)
+    first = start.second + start.second % 2
+    seconds = ",".join(str(first + 2 * n) for n in range(fires))
+    return f"{seconds} {start.minute} {start.hour} * * *"
+
+
 @pytest.mark.slow
 def test_each_fire_drops_exactly_one_request_that_runs_like_a_drop(tmp_path: Path) -> None:
-    root = root_with(tmp_path, schedule("tick", "*/2 * * * * *"))
+    root = root_with(tmp_path, schedule("tick", every_two_seconds(4)))
     with DaemonProcess(root):
-        time.sleep(7.2)
-        fired = requests_of(root, "tick")
+        deadline = time.monotonic() + 30
+        while len(fired := requests_of(root, "tick")) < 4:
+            assert time.monotonic() < deadline, f"four fires within 30 s: {fired}"
+            time.sleep(0.1)
         names = [n for ns in fired.values() for n in ns]
         settled = wait_settled(root, names, timeout=20)
+        time.sleep(2.5)  # no fifth
+        assert requests_of(root, "tick") == fired
     times = sorted(fired)
-    assert len(times) >= 3, fired
+    assert len(times) == 4, fired
     assert all(len(ns) == 1 for ns in fired.values()), fired  # one request per fire
     assert all(t.second % 2 == 0 for t in times)
     assert all(b - a == timedelta(seconds=2) for a, b in zip(times, times[1:], strict=False))

@@ -171,6 +171,14 @@ class ClusterRoot:
         return "\n".join(parts)
 
 
+def live_leases(dsn: str, instance: str) -> dict[str, int]:
+    """Live connection-slot leases of ``instance`` by host (the server's clock)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT host_id, count(*) FROM slot_leases WHERE instance = %s"
+                            " AND expires_at > now() GROUP BY host_id", (instance,))
+        return {host: count for host, count in rows}
+
+
 def terminate_backends(dsn: str) -> int:
     """``pg_terminate_backend`` of every other connection to the database of ``dsn``."""
     with contextlib.closing(psycopg.connect(dsn, autocommit=True)) as conn:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import ClusterRoot
+from cluster_support import ClusterRoot, live_leases
 from copy_support import copy_request, env_for, mapping_rows, platform_instance, ref_server
 from copy_support import target_scans as qa_scans
 from helpers import drop, wait_settled
@@ -309,13 +309,6 @@ def test_a_paused_host_mid_batch_creates_no_duplicate(tmp_path: Path) -> None:
 LIMIT = 4  # max_connections of each instance, for the whole cluster
 
 
-def live_leases(cluster: ClusterRoot, instance: str) -> dict[str, int]:
-    """Live slot leases of ``instance`` by host (the server's clock)."""
-    rows = cluster.query("SELECT host_id, count(*) FROM slot_leases WHERE instance = %s"
-                         " AND expires_at > now() GROUP BY host_id", (instance,))
-    return dict(rows)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_three_daemon_hosts_keep_each_instance_within_max_connections(
@@ -335,11 +328,11 @@ def test_three_daemon_hosts_keep_each_instance_within_max_connections(
             cluster.start()
             drop(cluster.root / "inbox", NAME, copy_request("prod", "qa", store, ids))
             wait_for(lambda: recorded(cluster) >= 30, 120, cluster, "30 copies recorded")
-            victim = max(live_leases(cluster, "qa").items(), key=lambda kv: kv[1])[0]
+            victim = max(live_leases(cluster.dsn, "qa").items(), key=lambda kv: kv[1])[0]
             cluster.daemon(victim).kill()
             killed = time.monotonic()
-            wait_for(lambda: victim not in live_leases(cluster, "qa")
-                     and sum(live_leases(cluster, "qa").values()) == LIMIT,
+            wait_for(lambda: victim not in live_leases(cluster.dsn, "qa")
+                     and sum(live_leases(cluster.dsn, "qa").values()) == LIMIT,
                      2 * lease + 5, cluster, "the others lease the killed host's slots")
             taken_over = time.monotonic() - killed
             folder, result = wait_settled(cluster.root, [NAME], timeout=300)[NAME]

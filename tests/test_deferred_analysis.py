@@ -148,5 +148,3 @@ def test_copy_past_its_wait_bound_completes_and_is_analysed_at_the_window(
     for row in rows:
         expected = ref.recognition(int(row["Target_Scan_ID"])).expected_comment
         assert row["comment"] == expected, row
-
-

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cluster_support import live_leases
 from psycopg.conninfo import make_conninfo
 from tcp_proxy import TcpProxy, connector_for
 
@@ -92,11 +93,7 @@ def probe_url(platform: RefServer) -> str:
 
 
 def leases(dsn: str) -> dict[str, int]:
-    """Live leases of the instance by host (the server's clock)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT host_id, count(*) FROM slot_leases WHERE instance = %s"
-                            " AND expires_at > now() GROUP BY host_id", (INSTANCE,))
-        return {host: count for host, count in rows}
+    return live_leases(dsn, INSTANCE)
 
 
 def expiries(dsn: str, host_id: str) -> list[float]:

@@ -34,7 +34,8 @@ The create payload is the source's ``provided_values._raw_data`` minus ``categor
 section_id, store_planogram, aisle, task_id, replace_id, id, created_at, updated_at``,
 with ``store``, ``files`` and ``captured_at`` (the run's start, epoch seconds) set.
 
-Run as a child of ``copy_throughput.py``: ``python bench/copy_baseline.py SPEC_JSON``
+Run as a child of ``copy_throughput.py``: ``python bench/copy_baseline.py``, the spec
+(JSON, with the API password) in ``$SCANRELAY_BENCH_SPEC``, not on the command line
 prints the old script's summary lines, then one JSON line ``{"seconds", "mapping",
 "failed", "skipped", "printed_success"}``.
 """
@@ -43,8 +44,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -247,4 +248,4 @@ def main(spec: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
+    main(json.loads(os.environ["SCANRELAY_BENCH_SPEC"]))

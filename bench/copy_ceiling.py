@@ -10,15 +10,16 @@ each with its own keep-alive connection, take scans from one queue. A failed cal
 (any status but 2xx, or any connection error) is sent again at once, so under faults
 the ceiling is what the server can take under those same faults.
 
-Run as a child of ``copy_throughput.py``: ``python bench/copy_ceiling.py SPEC_JSON``
+Run as a child of ``copy_throughput.py``: ``python bench/copy_ceiling.py``, the spec
+(JSON, with the API password) in ``$SCANRELAY_BENCH_SPEC``, not on the command line
 prints one JSON line ``{"seconds", "mapping", "resent"}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -157,4 +158,4 @@ def main(spec: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]))
+    main(json.loads(os.environ["SCANRELAY_BENCH_SPEC"]))

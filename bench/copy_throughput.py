@@ -59,6 +59,7 @@ from source_server import FAULTY, SourceServer  # noqa: E402 - after the path is
 GOALS = {False: 0.90, True: 0.85}  # ours / ceiling, by "under faults"
 PASSWORD_ENV = "SCANRELAY_BENCH_API_PASSWORD"
 DB_PASSWORD_ENV = "SCANRELAY_BENCH_DB_PASSWORD"
+SPEC_ENV = "SCANRELAY_BENCH_SPEC"  # a child client's spec (copy_ceiling, copy_baseline)
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,17 @@ def source_spec(bench: Bench, store: int) -> dict[str, Any]:
             "password": bench.prod.password, "store": store, "scan_ids": bench.ids}
 
 
+def spec_env(spec: dict[str, Any]) -> dict[str, str]:
+    """A child's environment with its spec, which holds the API password: an
+    environment is readable by its owner only, a command line by every user."""
+    return {**os.environ, SPEC_ENV: json.dumps(spec)}
+
+
 def run_ceiling(bench: Bench, faults: float) -> Row:
     store = bench.store()
     spec = {**source_spec(bench, store), "threads": 2 * bench.args.capacity}
-    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_ceiling.py"),
-                                   json.dumps(spec)], dict(os.environ))
+    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_ceiling.py")],
+                                       spec_env(spec))
     result = last_json(out, code, "ceiling")
     return Row(faults, "ceiling", float(result["seconds"]), check(bench, store), rss, cpu,
                f"{result['resent']} calls resent")
@@ -168,8 +175,8 @@ def run_ceiling(bench: Bench, faults: float) -> Row:
 
 def run_old(bench: Bench, faults: float) -> Row:
     store = bench.store()
-    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_baseline.py"),
-                                   json.dumps(source_spec(bench, store))], dict(os.environ))
+    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_baseline.py")],
+                                       spec_env(source_spec(bench, store)))
     result = last_json(out, code, "old")
     printed = "printed success" if "Script completed successfully!" in out else ""
     note = f"{printed}; claimed {len(result['mapping'])} created, {result['failed']} failed"

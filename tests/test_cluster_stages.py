@@ -1,10 +1,12 @@
 """The database side of cluster mode, decided in PostgreSQL: a batch's result counts
 only for the execution that owns it, the last batch defers the settle job exactly once,
-the sweeps adopt an orphan claim once and give a stage without a job a new one once.
+the sweeps adopt an orphan claim once and give a stage without a job a new one once, a
+settle past its attempts still ends the request in ``failed/``.
 Real PostgreSQL, several connections racing; no daemon processes."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from daemon.cluster import rows, stages
+from daemon.cluster import finish, rows, stages
 from daemon.cluster.app import TASK_BATCH, TASK_PLAN, TASK_SETTLE
 from daemon.cluster.enqueue import enqueue, new_claim_id, processing_name
 from daemon.cluster.merge import abandoned, merge_results, payload
@@ -24,6 +26,7 @@ from daemon.cluster.sweep import adopt_orphans, redefer_stages
 from daemon.config import parse_config
 from daemon.layout import Layout
 from daemon.outcomes import RunStatus
+from daemon.request import Request
 from daemon.runsettle import Outcome
 from daemon.store import pg
 from daemon.store.stores import open_stores
@@ -232,3 +235,33 @@ def test_a_retry_is_due_by_the_servers_clock_not_the_hosts() -> None:
     assert lost is not None and lost.retry_at is not None
     assert abs((lost.retry_at - server_now).total_seconds() - 4) < 5  # 2 ** attempts
     assert strategy.get_retry_decision(exception=ValueError("a bug"), job=job) is None
+
+
+def test_a_settle_that_killed_its_host_each_time_still_ends_in_failed(dsn: str,
+                                                                       tmp_path: Path) -> None:
+    """Past its attempts the settle job skips the steps that killed its hosts, and the
+    request still ends in ``failed/`` with its sidecars, never stranded in processing/."""
+    claim_id = planned(dsn, 1)
+    with pg.open_pool(dsn, max_size=4) as pool:
+        rt = runtime(dsn, tmp_path, pool)
+        with connect(dsn) as conn:
+            conn.execute("UPDATE requests SET status = 'settling', stage_attempts = %s"
+                         " WHERE claim_id = %s", (rt.cluster.max_attempts, claim_id))
+            row = rows.load(conn, claim_id)
+        assert row is not None
+        request_file = row.claimed(rt.layout).path
+        request_file.write_text('{"action": "download", "source": "prod", "scan_ids": [1, 2]}')
+        run_dir = rt.layout.runs / RUN
+        run_dir.mkdir()
+        (run_dir / "request.json").write_text(Request.model_validate_json(
+            request_file.read_text()).model_dump_json())
+        finish.settle(rt, None, claim_id)
+        with connect(dsn) as conn:
+            row = rows.load(conn, claim_id)
+    message = f"settling failed {rt.cluster.max_attempts} times (its host died each time)"
+    assert not request_file.exists()
+    assert (rt.layout.failed / "r.json").read_text().startswith('{"action": "download"')
+    sidecar = json.loads((rt.layout.failed / "r.json.result.json").read_text())
+    assert (sidecar["status"], sidecar["problems"]) == ("failed", [message])
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert row is not None and row.status == "failed"

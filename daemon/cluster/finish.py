@@ -21,6 +21,7 @@ from daemon.cluster.files import settled_as, under_name_lock
 from daemon.cluster.rows import RequestRow
 from daemon.cluster.runtime import Again, Runtime
 from daemon.errors import FatalError, Interrupted, TransientError
+from daemon.intake.claim import Claimed
 from daemon.outcomes import RunStatus
 from daemon.request import Request
 from daemon.runner import deliver_results, run_base, run_context
@@ -39,15 +40,14 @@ def settle(rt: Runtime, job_id: int | None, claim_id: str) -> None:
     if row is None or row.run_id is None or attempt is None:
         return  # settled already (a late duplicate of this job)
     log = logger.bind(run=row.run_id, request=row.name)
-    if attempt > rt.cluster.max_attempts:
-        message = f"settling failed {attempt - 1} times (its host died each time)"
-        log.error("request {}: {}; its file stays in processing/", row.name, message)
-        with rt.pool.connection() as conn:
-            stages.fail_open_request(conn, claim_id, message)
-        return
     if _settled_before(rt, row):
         return
     run_dir = rt.layout.runs / row.run_id
+    if attempt > rt.cluster.max_attempts:
+        message = f"settling failed {attempt - 1} times (its host died each time)"
+        log.error("request {}: {}", row.name, message)
+        _give_up(rt, row, run_dir, message)
+        return
     sink = logs.add_run_sink(row.run_id, run_dir / "run.log")
     try:
         with rt.executions.run(rt.owner_token(job_id)) as stop:
@@ -74,6 +74,27 @@ def _settled_before(rt: Runtime, row: RequestRow) -> bool:
     return True
 
 
+def _give_up(rt: Runtime, row: RequestRow, run_dir: Path, message: str) -> None:
+    """Settle as failed without the steps that killed each host that tried them
+    (merging, the analysis, ``deliver_to``): the file goes to ``failed/`` with its
+    sidecar, as every request ends."""
+    claimed = row.claimed(rt.layout)
+    request = Request.model_validate_json((run_dir / "request.json").read_bytes())
+    state = RunState(run_dir, run_base(claimed, request, run_dir.name))
+    record(state, Outcome(RunStatus.FAILED, problems=[message]))
+    _move(rt, row, claimed, request, state)
+
+
+def _move(rt: Runtime, row: RequestRow, claimed: Claimed, request: Request,
+          state: RunState) -> None:
+    """The recorded run's file into ``done/`` or ``failed/``, under its name's lock."""
+    def move() -> None:
+        if claimed.path.exists() or claimed.path.is_symlink():  # else: settled meanwhile
+            settle_run(rt.layout, rt.requests, claimed, request, state)
+
+    under_name_lock(rt, row.name, move)
+
+
 def _settle(rt: Runtime, row: RequestRow, run_dir: Path, batches: list[dict[str, Any]],
             stop: threading.Event, log: Any) -> None:
     claimed = row.claimed(rt.layout)
@@ -96,12 +117,7 @@ def _settle(rt: Runtime, row: RequestRow, run_dir: Path, batches: list[dict[str,
                 log)
     record(state, outcome)
     log.info("run finished: {} ({})", state.data["status"], state.data["counts"])
-
-    def move() -> None:
-        if claimed.path.exists() or claimed.path.is_symlink():  # else: settled meanwhile
-            settle_run(rt.layout, rt.requests, claimed, request, state)
-
-    under_name_lock(rt, row.name, move)
+    _move(rt, row, claimed, request, state)
 
 
 def _whole_run_steps(rt: Runtime, request: Request, run_dir: Path, state: RunState,

@@ -248,4 +248,7 @@ def main(spec: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    from peak import report_peak_at_exit  # bench/, this script's folder
+
+    report_peak_at_exit()
     main(json.loads(os.environ["SCANRELAY_BENCH_SPEC"]))

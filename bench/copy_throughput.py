@@ -54,7 +54,8 @@ for folder in (REPO, REPO / "tests"):  # `daemon` (with its sandbox platform) an
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from source_server import FAULTY, SourceServer  # noqa: E402 - after the path is set
+from peak import daemon_argv, run_measured  # noqa: E402 - after the path is set
+from source_server import FAULTY, SourceServer  # noqa: E402
 
 GOALS = {False: 0.90, True: 0.85}  # ours / ceiling, by "under faults"
 PASSWORD_ENV = "SCANRELAY_BENCH_API_PASSWORD"
@@ -102,16 +103,13 @@ class Bench:
         return self.stores.pop(0)
 
 
-def run_measured(argv: list[str], env: dict[str, str]) -> tuple[str, int, float, float]:
-    """Run ``argv`` to the end: (stdout, exit code, its own peak RSS in MB, CPU s)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, cwd=REPO, text=True)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.stdout.close()
-    return (out, os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024,  # KiB on Linux
-            usage.ru_utime + usage.ru_stime)
+def measured(argv: list[str], env: dict[str, str]) -> tuple[str, int, float, float]:
+    """Run ``argv`` to the end: (stdout and stderr, exit code, its own peak RSS in MB,
+    CPU s)."""
+    proc = run_measured(argv, env=env, cwd=REPO, stderr=subprocess.STDOUT)
+    if proc.maxrss_mb is None:
+        raise RuntimeError(f"{argv[1]} reported no peak RSS: {proc.stdout[-2000:]}")
+    return proc.stdout, proc.returncode, proc.maxrss_mb, proc.cpu_s
 
 
 def last_json(out: str, code: int, what: str) -> dict[str, Any]:
@@ -166,8 +164,8 @@ def spec_env(spec: dict[str, Any]) -> dict[str, str]:
 def run_ceiling(bench: Bench, faults: float) -> Row:
     store = bench.store()
     spec = {**source_spec(bench, store), "threads": 2 * bench.args.capacity}
-    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_ceiling.py")],
-                                       spec_env(spec))
+    out, code, rss, cpu = measured([sys.executable, str(REPO / "bench" / "copy_ceiling.py")],
+                                   spec_env(spec))
     result = last_json(out, code, "ceiling")
     return Row(faults, "ceiling", float(result["seconds"]), check(bench, store), rss, cpu,
                f"{result['resent']} calls resent")
@@ -175,8 +173,8 @@ def run_ceiling(bench: Bench, faults: float) -> Row:
 
 def run_old(bench: Bench, faults: float) -> Row:
     store = bench.store()
-    out, code, rss, cpu = run_measured([sys.executable, str(REPO / "bench" / "copy_baseline.py")],
-                                       spec_env(source_spec(bench, store)))
+    out, code, rss, cpu = measured([sys.executable, str(REPO / "bench" / "copy_baseline.py")],
+                                   spec_env(source_spec(bench, store)))
     result = last_json(out, code, "old")
     printed = "printed success" if "Script completed successfully!" in out else ""
     note = f"{printed}; claimed {len(result['mapping'])} created, {result['failed']} failed"
@@ -197,8 +195,8 @@ def run_ours(bench: Bench, faults: float) -> Row:
     request = root / "copy.json"
     request.write_text(json.dumps({"action": "copy", "source": "prod", "target": "qa",
                                    "target_store_id": store, "scan_ids": bench.ids}))
-    out, code, rss, cpu = run_measured([sys.executable, "-m", "daemon", "once", str(request),
-                                   "-c", str(root / "config.yml")], child_env(bench.prod))
+    out, code, rss, cpu = measured(daemon_argv("once", str(request), "-c",
+                                               str(root / "config.yml")), child_env(bench.prod))
     runs = list(root.glob("runs/*/run.json"))
     if not runs:
         raise RuntimeError(f"ours left no run.json ({code}): {out[-2000:]}")

@@ -4,8 +4,7 @@ One reference platform server (``daemon/sandbox``, on a fresh PostgreSQL databas
 that is dropped at the end) serves one lazily generated file per size: the bytes are
 produced on the fly, never held in memory or on disk by the server. Per size and
 repeat, each in a fresh process; its CPU time comes from ``wait4``, its peak RSS from
-its own ``VmHWM``, written as it exits (``wait4``'s ``ru_maxrss`` would be at least this
-script's own: Linux folds the parent's peak into a child's at its exec):
+its own ``VmHWM`` (``bench/peak.py``):
 
 * ``once``:  ``python -m daemon once`` on a download request for the file's scan: the
   whole daemon path (config, runner, handler, database, HTTP, hashing, fsync,
@@ -43,7 +42,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +56,8 @@ for folder in (REPO, REPO / "tests"):  # `daemon` (with its sandbox platform) an
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from peak import Proc, daemon_argv, report_peak_at_exit, run_measured  # noqa: E402 - bench/
+
 RSS_LIMIT_MB = 150.0
 FLAT_MB = 10.0
 RATIO_GOAL = 0.80
@@ -65,52 +65,8 @@ MB = 1_000_000  # RSS and rates are in decimal MB; sizes in KiB, MiB, GiB
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 SMALL_BELOW = 16 << 20  # from this size up: one file per process, one at a time
 PARALLEL_ROUNDS = 5  # files per worker in the parallel mode, times --files
-PEAK_ENV = "SCANRELAY_BENCH_PEAK_FILE"  # where a child writes its peak RSS as it exits
 PASSWORD_ENV = "SCANRELAY_BENCH_API_PASSWORD"
 DB_PASSWORD_ENV = "SCANRELAY_BENCH_DB_PASSWORD"
-
-
-@dataclass(frozen=True)
-class Proc:
-    """A finished child: its output, CPU time (from ``wait4``) and peak RSS (as it
-    reported it: None for curl)."""
-
-    stdout: str
-    returncode: int
-    maxrss_mb: float | None
-    cpu_s: float
-    wall_s: float
-
-
-def run_measured(argv: list[str], *, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> Proc:
-    """Run ``argv`` to the end; its own CPU time, not the sum over all children."""
-    with tempfile.NamedTemporaryFile("r", prefix="bench-peak-") as peak:
-        env = {**(os.environ if env is None else env), PEAK_ENV: peak.name}
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, cwd=cwd, text=True)
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        proc.stdout.close()
-        reported = peak.read().strip()
-    return Proc(out, proc.returncode, float(reported) if reported else None,
-                usage.ru_utime + usage.ru_stime, wall)
-
-
-def report_peak_at_exit() -> None:
-    """In a child: write this process's peak RSS (MB) to ``$SCANRELAY_BENCH_PEAK_FILE``
-    as it exits."""
-    import atexit
-
-    def write() -> None:
-        status = Path("/proc/self/status").read_text()
-        (line,) = [line for line in status.splitlines() if line.startswith("VmHWM:")]
-        Path(os.environ[PEAK_ENV]).write_text(str(int(line.split()[1]) * 1024 / MB))
-
-    atexit.register(write)
 
 
 # --- the child: one fetch, as handlers/download.py does it ---------------------------
@@ -276,8 +232,8 @@ def run_once(server: Any, target: Target, base: Path) -> Proc:
     request.write_text(json.dumps({"action": "download", "source": "ref",
                                    "scan_ids": [target.scan_id]}), encoding="utf-8")
     try:
-        proc = run_measured([sys.executable, __file__, "--daemon", "once", str(request),
-                             "-c", str(root / "config.yml")], env=child_env(server), cwd=REPO)
+        proc = run_measured(daemon_argv("once", str(request), "-c", str(root / "config.yml")),
+                            env=child_env(server), cwd=REPO)
         (manifest,) = root.glob("runs/*/manifest.csv")
         row = manifest.read_text(encoding="utf-8").splitlines()[1].split(",")
         if proc.returncode != 0 or target.sha256 not in row or proc.maxrss_mb is None:
@@ -435,12 +391,6 @@ def report(results: dict[int, Figures], repeat: int, echo: Callable[[str], None]
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--fetch-child":
         fetch_child(json.loads(sys.argv[2]))
-        return
-    if sys.argv[1:2] == ["--daemon"]:  # python -m daemon ..., reporting its peak RSS
-        from daemon.cli import app
-
-        report_peak_at_exit()
-        app(sys.argv[2:], prog_name="daemon")
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1M,100M,1G", help="comma-separated, e.g. 1M,1G")

@@ -265,7 +265,8 @@ def measure(action: str, name: str, root: Path, ids: list[int], env: dict[str, s
     try:
         daemon.start()
         drop_request(root, f"{name}.csv", ids)
-        first_part, resumed, rss, cpu = 0.0, (None, None), 0.0, 0.0
+        first_part, rss, cpu = 0.0, 0.0, 0.0
+        resumed: tuple[float | None, float | None] = (None, None)
         if kill_at is not None:
             run = wait_for(root, int(len(ids) * kill_at), timeout)
             killed_at = time.time()

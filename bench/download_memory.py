@@ -270,6 +270,8 @@ def run_curl(server: Any, target: Target, out: Path, token: str,
              mode: Mode) -> tuple[Proc, float]:
     """One curl for the metadata calls, one for the downloads they name:
     (both processes as one, MB/s)."""
+    from handlers.streams import sha256_of
+
     parallel = ["--parallel", "--parallel-max", str(mode.parallel)] if mode.parallel > 1 else []
     meta_url = f"{server.api_url}/api/v1/master-data/file-upload/{target.file_id}/"
     metas = [out / f"curl.{n}.json" for n in range(mode.files)]
@@ -298,24 +300,14 @@ def run_curl(server: Any, target: Target, out: Path, token: str,
     finally:
         for path in metas + dests:
             path.unlink(missing_ok=True)
+    wall = meta.wall_s + proc.wall_s
     if mode.parallel == 1:
         seconds = sum(float(line) for line in meta.stdout.split()) + \
             sum(float(t) for t, _ in transfers)
     else:
-        seconds = meta.wall_s + proc.wall_s
-    return (Proc(proc.stdout, proc.returncode, None, meta.cpu_s + proc.cpu_s,
-                 meta.wall_s + proc.wall_s),
+        seconds = wall
+    return (Proc(proc.stdout, proc.returncode, None, meta.cpu_s + proc.cpu_s, wall),
             mode.files * target.size / seconds / MB)
-
-
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def modes_for(size: int, files: int, parallel: int) -> list[Mode]:
